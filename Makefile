@@ -1,0 +1,27 @@
+# Set-up and entry points. `make demo` and `make test` each build the virtual
+# environment from nothing on first use (torch/torchvision pinned by
+# constraints.txt for our machines; pyproject.toml keeps loose ranges).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check attnguide tests benchmarks examples
+
+clean-venv:
+	rm -rf $(VENV)

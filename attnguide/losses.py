@@ -1,0 +1,74 @@
+"""GAIN's losses as pure functions; `GuidedAttention` composes them.
+
+Shapes: B images, C classes, P (image, class) pairs, H x W input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = 255  # VOC convention: pixels with this mask value carry no label
+
+SCORES = ("sigmoid", "softmax", "logit")
+
+
+def wide(t: Tensor) -> Tensor:
+    """At least float32 (loss arithmetic never runs in half precision); float64 stays."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """L_cl: BCE with logits for multi-hot (B, C) float labels (the paper's
+    multi-label soft margin), cross-entropy for (B,) int64 class indices."""
+    logits = wide(logits)
+    if labels.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
+
+
+def class_scores(logits: Tensor, score: str) -> Tensor:
+    """(P, C) logits -> (P, C) scores: sigmoid / softmax probabilities or raw logits."""
+    logits = wide(logits)
+    if score == "sigmoid":
+        return torch.sigmoid(logits)
+    if score == "softmax":
+        return torch.softmax(logits, dim=1)
+    return logits
+
+
+def attention_mining_loss(erased_logits: Tensor, classes: Tensor, score: str) -> Tensor:
+    """L_am = mean over pairs of s_c(I*_c): the score of the class whose region
+    was erased, on the erased image. (P, C), (P,) -> scalar; 0 when P = 0."""
+    if classes.numel() == 0:
+        return wide(erased_logits.new_zeros(()))
+    scores = class_scores(erased_logits, score)
+    return scores.gather(1, classes[:, None]).mean()
+
+
+def attention_ext_loss(attention: Tensor, masks: Tensor, classes: Tensor) -> Tensor:
+    """L_e of GAIN_ext: mean squared error between the attention of class c and
+    its binary mask ``H_c = (mask == c + 1)``, over pixels whose mask is not 255.
+
+    attention (P, H, W) in [0, 1], masks (P, H, W) int64, classes (P,).
+    Each pair's error is averaged over its valid pixels, then pairs are
+    averaged; pairs whose mask is all 255 add nothing (0 when none has one).
+    """
+    valid = masks != IGNORE  # (P, H, W)
+    n_valid = valid.flatten(1).sum(1)  # (P,)
+    has_mask = n_valid > 0
+    if not bool(has_mask.any()):
+        return wide(attention.new_zeros(()))
+    attention = wide(attention)
+    target = (masks == (classes[:, None, None] + 1)).to(attention.dtype)
+    err = (attention - target).pow(2) * valid
+    per_pair = err.flatten(1).sum(1)[has_mask] / n_valid[has_mask]
+    return per_pair.mean()
+
+
+def area_loss(soft_masks: Tensor) -> Tensor:
+    """Mean erased area: a penalty against attention spread over the whole image."""
+    if soft_masks.numel() == 0:
+        return wide(soft_masks.new_zeros(()))
+    return wide(soft_masks).mean()

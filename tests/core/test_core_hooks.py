@@ -1,0 +1,126 @@
+"""Hook hygiene: nothing stays on the user's model, flags are restored, memory is flat."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from core_models import TinyNet
+
+from attnguide import AttnGuideError, GuidedAttention
+
+
+def hooks_left(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+def data(n=4):
+    return torch.randn(n, 3, 16, 16), (torch.rand(n, 3) > 0.5).float()
+
+
+def test_no_hook_after_normal_use():
+    model = TinyNet()
+    with GuidedAttention(model, layer="features") as guide:
+        images, labels = data()
+        guide(images, labels).loss.backward()
+        guide.attention(images)
+        assert hooks_left(model) == 0
+    guide.close()
+    guide.close()  # twice is fine
+    assert hooks_left(model) == 0
+
+
+def test_no_hook_after_exception_inside_step():
+    model = TinyNet()
+    guide = GuidedAttention(model, layer="features")
+    images, _ = data()
+    with pytest.raises(AttnGuideError):  # 5 label columns for 3 logits: raised after the forward
+        guide(images, torch.ones(4, 5))
+    assert hooks_left(model) == 0
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(module, inputs, output):
+        raise Boom
+
+    handle = model.fc.register_forward_hook(explode)
+    with pytest.raises(Boom):
+        guide(images, torch.ones(4, 3))
+    handle.remove()
+    assert hooks_left(model) == 0
+
+
+def test_no_hook_and_no_reference_after_gc():
+    model = TinyNet()
+    guide = GuidedAttention(model, layer="features")
+    guide(*data())
+    ref = weakref.ref(guide)
+    del guide
+    gc.collect()
+    assert ref() is None
+    assert hooks_left(model) == 0
+
+
+def test_two_wrappers_on_one_model_do_not_interfere():
+    model = TinyNet().eval()
+    images, _ = data()
+    a = GuidedAttention(model, layer="features")
+    b = GuidedAttention(model, layer="stem", cam="layercam")
+    alone_a = a.attention(images)
+    alone_b = b.attention(images)
+    assert torch.equal(a.attention(images), alone_a)
+    assert torch.equal(b.attention(images), alone_b)
+    assert alone_a.shape[-1] == 8 and alone_b.shape[-1] == 16
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_train_eval_flags_restored(train):
+    model = TinyNet().train(train)
+    model.stem[1].train(not train)  # a mixed state must survive too
+    before = [m.training for m in model.modules()]
+    guide = GuidedAttention(model, layer="features", freeze_bn=True)
+    guide(*data())
+    guide.attention(data()[0])
+    assert [m.training for m in model.modules()] == before
+
+
+def test_frozen_bn_keeps_running_stats_of_erased_pass_out():
+    images, labels = data()
+    model = TinyNet().train()
+    ref = TinyNet().train()
+    ref.load_state_dict(model.state_dict())
+    GuidedAttention(model, layer="features", freeze_bn=True)(images, labels)
+    ref(images)  # one clean forward: the only statistics update expected
+    bn, bn_ref = model.stem[1], ref.stem[1]
+    assert torch.allclose(bn.running_mean, bn_ref.running_mean)
+    assert bn.num_batches_tracked == bn_ref.num_batches_tracked == 1
+
+
+def live_tensors():
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+
+def test_memory_flat_over_many_steps():
+    model = TinyNet()
+    guide = GuidedAttention(model, layer="features")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    images, labels = data()
+
+    def step():
+        opt.zero_grad()
+        out = guide(images, labels)
+        out.loss.backward()
+        opt.step()
+        guide.attention(images)
+
+    for _ in range(5):
+        step()
+    start = live_tensors()
+    for _ in range(200):
+        step()
+    assert live_tensors() <= start

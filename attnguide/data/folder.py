@@ -1,0 +1,135 @@
+"""Folder data sets: ``classes.txt`` plus one CSV per split.
+
+Layout (paths in the CSVs are relative to the folder)::
+
+    root/
+      classes.txt      one class name a line, background excluded
+      train.csv        columns image,labels,mask (mask optional, may be empty)
+      val.csv
+      test.csv         optional; any NAME.csv is a split called NAME
+
+``labels`` holds space-separated class names; ``mask`` a label-map PNG in the
+VOC convention (0 background, k for the k-th class of classes.txt counting
+from 1, 255 ignore). Extra columns are allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from attnguide.data.sample import Sample
+from attnguide.errors import AttnGuideError
+
+CLASSES_FILE = "classes.txt"
+REQUIRED_COLUMNS = ("image", "labels")
+MAX_CLASSES = 254  # values 1..254 in a uint8 mask; 255 is "ignore"
+
+
+def is_folder_dataset(root: Path) -> bool:
+    """True when `root` holds a ``classes.txt``."""
+    return (root / CLASSES_FILE).is_file()
+
+
+def read_class_names(root: Path) -> list[str]:
+    """Read ``classes.txt``: one non-empty name a line, unique, no spaces, no background."""
+    path = root / CLASSES_FILE
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [name for name in names if name]
+    if not names:
+        raise AttnGuideError(f"{path} lists no class; write one class name a line")
+    if names[0].lower() in ("background", "__background__", "_background_"):
+        raise AttnGuideError(
+            f"{path} starts with {names[0]!r}: leave background out of classes.txt "
+            "(mask value 0 is background, value k is the k-th listed class)"
+        )
+    spaced = [name for name in names if len(name.split()) != 1]
+    if spaced:
+        raise AttnGuideError(
+            f"{path}: class names {spaced} contain spaces, but CSV labels are space-separated; "
+            "use '_' instead"
+        )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise AttnGuideError(f"{path} lists {duplicates} more than once; keep each class once")
+    if len(names) > MAX_CLASSES:
+        raise AttnGuideError(
+            f"{path} lists {len(names)} classes; at most {MAX_CLASSES} fit in a mask"
+        )
+    return names
+
+
+def read_folder_split(root: Path, split: str) -> tuple[list[str], list[Sample], list[str]]:
+    """Parse ``classes.txt`` and ``{split}.csv`` and check that every listed file exists.
+
+    Returns:
+        class_names, samples, sources (``"train.csv line 3"`` for each sample).
+    """
+    class_names = read_class_names(root)
+    csv_path = root / f"{split}.csv"
+    if not csv_path.is_file():
+        available = sorted(p.stem for p in root.glob("*.csv"))
+        raise FileNotFoundError(
+            f"split {split!r} needs {csv_path}, which does not exist; "
+            f"splits found in {root}: {available or 'none'}"
+        )
+    index_of = {name: k for k, name in enumerate(class_names)}
+    samples, sources = [], []
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        _check_columns(reader.fieldnames, csv_path)
+        for row in reader:
+            source = f"{csv_path.name} line {reader.line_num}"
+            samples.append(_parse_row(row, root, index_of, source))
+            sources.append(source)
+    _check_unique_names(samples, sources, csv_path)
+    return class_names, samples, sources
+
+
+def _check_columns(fieldnames: list[str] | None, csv_path: Path) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in (fieldnames or [])]
+    if missing:
+        raise AttnGuideError(
+            f"{csv_path} lacks column(s) {missing} (header: {fieldnames}); "
+            "the first line must be 'image,labels,mask'"
+        )
+
+
+def _parse_row(
+    row: dict[str, str | None], root: Path, index_of: dict[str, int], source: str
+) -> Sample:
+    image = (row.get("image") or "").strip()
+    if not image:
+        raise AttnGuideError(f"{source}: the 'image' cell is empty; give an image path")
+    names = (row.get("labels") or "").split()
+    unknown = [name for name in names if name not in index_of]
+    if unknown:
+        raise AttnGuideError(
+            f"{source}: unknown class name(s) {unknown}; known classes (classes.txt): {list(index_of)}"
+        )
+    image_path = root / image
+    if not image_path.is_file():
+        raise FileNotFoundError(f"{source}: image {image_path} does not exist")
+    mask = (row.get("mask") or "").strip()
+    mask_path = root / mask if mask else None
+    if mask_path is not None and not mask_path.is_file():
+        raise FileNotFoundError(
+            f"{source}: mask {mask_path} does not exist (leave the cell empty if none)"
+        )
+    return Sample(
+        name=Path(image).with_suffix("").as_posix(),
+        image_path=image_path,
+        labels=tuple(sorted({index_of[name] for name in names})),
+        mask_path=mask_path,
+    )
+
+
+def _check_unique_names(samples: list[Sample], sources: list[str], csv_path: Path) -> None:
+    first_seen: dict[str, str] = {}
+    for sample, source in zip(samples, sources, strict=True):
+        if sample.name in first_seen:
+            raise AttnGuideError(
+                f"{source}: image {sample.name!r} is already listed at {first_seen[sample.name]}; "
+                f"list each image once in {csv_path.name}"
+            )
+        first_seen[sample.name] = source

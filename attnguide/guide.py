@@ -269,7 +269,7 @@ class GuidedAttention(nn.Module):
 
         loss_am = zero
         if self.alpha > 0:
-            erased = self.erase(images[b], soft)  # (P, 3, H, W): all pairs, one forward
+            erased = _Erase.apply(images, b, soft, self.fill)  # (P, 3, H, W): one forward
             with frozen_batchnorm(self.model, self.freeze_bn):
                 erased_logits = extract_logits(self.model(erased))
             score = self.am_score if self.am_score != "auto" else (
@@ -477,6 +477,34 @@ class GuidedAttention(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _Erase(torch.autograd.Function):
+    """``I*_p = I_{b_p} - T_p (I_{b_p} - fill)`` for pairs p of images b_p.
+
+    Saves only the batch of images (already saved by the first layer of the
+    clean pass) and the soft masks (the sigmoid's own output), not the gathered
+    (P, 3, H, W) copies a plain expression would keep until backward.
+    """
+
+    @staticmethod
+    def forward(ctx, images: Tensor, index: Tensor, soft: Tensor, fill: float) -> Tensor:
+        ctx.save_for_backward(images, index, soft)
+        ctx.fill = fill
+        src = images[index]
+        return src - soft.unsqueeze(1).to(src.dtype) * (src - fill)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        images, index, soft = ctx.saved_tensors
+        grad_images = grad_soft = None
+        if ctx.needs_input_grad[2]:
+            grad_soft = -(grad * (images[index] - ctx.fill)).sum(1).to(soft.dtype)
+        if ctx.needs_input_grad[0]:
+            keep = grad * (1 - soft.unsqueeze(1).to(grad.dtype))
+            grad_images = torch.zeros_like(images).index_add_(0, index, keep.to(images.dtype))
+        return grad_images, None, grad_soft, None
 
 
 def _double_backward_safe(enabled: bool):

@@ -92,3 +92,15 @@ def test_pair_maps_match_single_class_maps():
     for (b, c), att in zip(out.pairs.tolist(), out.attention):
         single = guide.attention(images[b : b + 1], torch.tensor([c]), resize=True, normalize=True)
         assert torch.allclose(att, single[0, 0], atol=1e-5)
+
+
+def test_erase_function_gradients():
+    """The memory-saving erase op against autograd's own, for the images and the masks."""
+    from attnguide.guide import _Erase
+
+    images = torch.randn(3, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    soft = torch.rand(4, 5, 5, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([0, 2, 2, 1])
+    assert torch.autograd.gradcheck(lambda i, s: _Erase.apply(i, index, s, 0.5), (images, soft))
+    plain = images[index] - soft[:, None] * (images[index] - 0.5)
+    assert torch.allclose(_Erase.apply(images, index, soft, 0.5), plain)

@@ -1,0 +1,252 @@
+"""Core speed and memory: a GAIN step against a plain classification step, and
+attention() against the grad-cam package and torchcam, measured side by side.
+
+Every number is a ratio against a baseline measured in the same run, with the
+two alternated round by round (the machines are shared and noisy).
+
+    python benchmarks/speed/core.py                    # CPU: resnet18, 224 px, batch 8
+    python benchmarks/speed/core.py --device cuda --amp
+    python benchmarks/speed/core.py --write            # append the tables to benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+
+from attnguide import GuidedAttention
+
+RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return (f"{platform.machine()} CPU, {torch.get_num_threads()} threads "
+            f"(torch {torch.__version__})")
+
+
+def make_labels(batch: int, classes: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, C) multi-hot with exactly k positives per image."""
+    labels = torch.zeros(batch, classes)
+    for i in range(batch):
+        labels[i, torch.randperm(classes, generator=generator)[:k]] = 1
+    return labels
+
+
+def graph_bytes(fn) -> tuple[int, torch.Tensor]:
+    """Bytes of the distinct storages the autograd graph saves while ``fn`` runs:
+    the memory a step holds at its peak, before backward, beyond the model itself."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    return sum(seen.values()), loss
+
+
+def step_table(args) -> list[str]:
+    device = args.device
+    gen = torch.Generator().manual_seed(0)
+    model = timm.create_model(args.model, num_classes=20).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    guide = GuidedAttention(model, detach_weights=args.detach)
+    images = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
+    amp = (torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.amp
+           else contextlib.nullcontext())
+
+    def plain():
+        with amp:
+            return F.binary_cross_entropy_with_logits(model(images).float(), labels)
+
+    def gain():
+        with amp:
+            return guide(images, labels).loss
+
+    def run(fn):
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        t0 = time.perf_counter()
+        fn().backward()
+        opt.step()
+        sync(device)
+        return time.perf_counter() - t0
+
+    rows = []
+    for k in args.k:
+        labels = make_labels(args.batch, 20, k, gen).to(device)
+        for _ in range(args.warmup):
+            run(plain), run(gain)
+        t_plain, t_gain = [], []
+        for _ in range(args.rounds):  # alternate, so drifts in machine load hit both
+            t_plain.append(run(plain))
+            t_gain.append(run(gain))
+        mp, mg = statistics.median(t_plain), statistics.median(t_gain)
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            plain().backward()
+            mem_p = torch.cuda.max_memory_allocated() - base
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.reset_peak_memory_stats()
+            gain().backward()
+            mem_g = torch.cuda.max_memory_allocated() - base
+            opt.zero_grad(set_to_none=True)
+            mem_kind = "peak allocated"
+        else:
+            mem_p, _ = graph_bytes(plain)
+            mem_g, _ = graph_bytes(gain)
+            mem_kind = "saved by autograd"
+        budget = 2.1 if k == 1 else 1.05 * (1 + k)
+        mem_budget = " (budget 1.8x)" if k == 1 else ""
+        rows.append(
+            f"| {k} | {mp * 1e3:.0f} | {mg * 1e3:.0f} | **{mg / mp:.2f}x** (budget {budget:.2f}x) "
+            f"| {mem_p / 2**20:.0f} | {mem_g / 2**20:.0f} | **{mem_g / mem_p:.2f}x**{mem_budget} |"
+        )
+        print(rows[-1], flush=True)
+    head = [
+        f"GAIN-self step vs plain classification step: {args.model}, {args.size} px, batch "
+        f"{args.batch}, 20 classes, k positive classes per image, SGD; "
+        f"{'detached' if args.detach else 'second-order (create_graph)'} CAM weights"
+        f"{', bf16 autocast' if args.amp else ''}; median of {args.rounds} alternated rounds; "
+        f"memory = {mem_kind} (MiB).",
+        "",
+        "| k | plain ms | GAIN ms | time ratio | plain MiB | GAIN MiB | memory ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return head + rows
+
+
+def attention_table(args) -> list[str]:
+    """All positive classes of a VOC-like batch (20 classes, 1 to 3 positives)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import GradCAM as TorchcamGradCAM
+
+    device = args.device
+    gen = torch.Generator().manual_seed(1)
+    model = timm.create_model(args.model, num_classes=20).to(device).eval()
+    images = torch.randn(args.cam_batch, 3, args.size, args.size, generator=gen).to(device)
+    npos = torch.randint(1, 4, (args.cam_batch,), generator=gen)
+    classes = [torch.randperm(20, generator=gen)[: int(n)].tolist() for n in npos]
+    slots = max(len(c) for c in classes)
+    # (B, slots): slot j holds the j-th positive class, repeating the last one when short
+    table = torch.tensor([c + [c[-1]] * (slots - len(c)) for c in classes], device=device)
+    pairs = [(b, j) for b, c in enumerate(classes) for j in range(len(c))]
+    guide = GuidedAttention(model, layer="layer4")
+
+    def ours():
+        maps = guide.attention(images, table, resize=True, normalize=True)
+        return np.stack([maps[b, j].cpu().numpy() for b, j in pairs])
+
+    gc_cam = GradCAM(model=model, target_layers=[model.layer4])
+
+    def grad_cam():  # the package's best case: one batched call per class slot
+        out = []
+        for j in range(slots):
+            out.append(gc_cam(input_tensor=images,
+                              targets=[ClassifierOutputTarget(int(c)) for c in table[:, j]]))
+        return np.stack([out[j][b] for b, j in pairs])
+
+    def torchcam():
+        with TorchcamGradCAM(model, target_layer="layer4") as extractor:
+            out = []
+            for j in range(slots):
+                scores = model(images)
+                cams = extractor(table[:, j].tolist(), scores, normalized=False)[0]  # (B, h, w)
+                # same post-processing as the others: ReLU, resize, then min-max per map
+                cams = F.interpolate(torch.relu(cams)[:, None], size=images.shape[-2:],
+                                     mode="bilinear", align_corners=False)[:, 0]
+                flat = cams.flatten(1)
+                lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+                out.append(((flat - lo) / (hi - lo).clamp_min(1e-8)).view_as(cams).detach().cpu().numpy())
+        return np.stack([out[j][b] for b, j in pairs])
+
+    ref = grad_cam()
+    mine = ours()
+    err = float(np.abs(ref - mine).max())
+    err_tc = float(np.abs(torchcam() - mine).max())
+    times = {"attnguide": [], "grad-cam": [], "torchcam": []}
+    fns = {"attnguide": ours, "grad-cam": grad_cam, "torchcam": torchcam}
+    for _ in range(args.warmup):
+        for fn in fns.values():
+            fn()
+    for _ in range(args.rounds):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    n = len(pairs)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [
+        f"attention() for all positive classes of a VOC-like batch: {args.model} layer4, "
+        f"{args.cam_batch} images of {args.size} px, 20 classes, {n} (image, class) pairs; maps "
+        f"resized and min-max normalised by all three; max |difference| to grad-cam {err:.1e}, "
+        f"to torchcam {err_tc:.1e}; median of {args.rounds} rounds.",
+        "",
+        "| implementation | ms per batch | maps/s | attnguide speed-up |",
+        "|---|---|---|---|",
+    ]
+    for name, t in med.items():
+        rows.append(f"| {name} | {t * 1e3:.0f} | {n / t:.0f} | {t / med['attnguide']:.1f}x |")
+    for r in rows[4:]:
+        print(r, flush=True)
+    gc_cam.activations_and_grads.release()
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--cam-batch", type=int, default=16)
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--detach", action="store_true", help="detached CAM weights (ports' variant)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    lines = step_table(args)
+    if not args.skip_attention:
+        lines += [""] + attention_table(args)
+    if args.write:
+        cmd = "python benchmarks/speed/core.py " + " ".join(sys.argv[1:])
+        block = [f"### Core step and attention() — {dt.date.today()} — {machine(args.device)}",
+                 "", f"`{cmd}`", ""] + lines + [""]
+        with RESULTS.open("a") as f:
+            f.write("\n".join(block) + "\n")
+        print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ Shapes: B images, C classes, K channels, P pairs, (h, w) the layer's grid,
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,7 +28,15 @@ from torch import Tensor, nn
 from .cams import CAM_METHODS
 from .errors import AttnGuideError
 from .hooks import ActivationCapture, frozen_batchnorm
-from .layers import LAYOUTS, detect_layout, probe_last_spatial_layer, resolve_layer, to_spatial
+from .layers import (
+    LAYOUTS,
+    MIN_CELLS,
+    auto_layer,
+    detect_layout,
+    probe_last_spatial_layer,
+    resolve_layer,
+    to_spatial,
+)
 from .losses import (
     IGNORE,
     SCORES,
@@ -35,6 +44,7 @@ from .losses import (
     attention_ext_loss,
     attention_mining_loss,
     classification_loss,
+    input_gradient_loss,
     wide,
 )
 from .masks import resolve_mask
@@ -45,9 +55,10 @@ class GuideOutput:
     """What one guided step returns.
 
     Attributes:
-        loss: scalar, ``L_cl + alpha * L_am + omega * L_e + area_weight * L_area``.
+        loss: scalar, ``L_cl + alpha L_am + omega L_e + rrr_weight L_rrr + area_weight L_area``.
         logits: (B, C) logits of the clean images.
-        losses: the unweighted terms ``cls``, ``am``, ``ext``, ``area`` (zeros when unused).
+        losses: the unweighted terms ``cls``, ``am``, ``ext``, ``rrr``, ``area`` (zeros
+            when unused).
         attention: (P, H, W) normalised attention of each pair, or None when
             guidance was off.
         pairs: (P, 2) int64 ``(image index, class index)`` of each attention map.
@@ -104,9 +115,11 @@ class GuidedAttention(nn.Module):
 
     Args:
         model: any classifier returning logits (B, C); timm models work out of the box.
-        layer: dotted module name, the module itself, or None (timm's last
+        layer: dotted module name, the module itself, None (timm's last
             ``feature_info`` stage; for other models the last layer with a
-            spatial output, found by one probe forward).
+            spatial output, found by one probe forward), or ``"auto"``: at the
+            first call, the deepest timm stage whose map has at least 7 cells
+            along the image's shorter side.
         cam: a name in ``CAM_METHODS`` (``gradcam`` (paper), ``gradcampp``,
             ``xgradcam``, ``layercam``, ``hirescam``, ``cam``) or a callable
             ``(activations (P,K,h,w), gradients (P,K,h,w)) -> (P,h,w)``.
@@ -130,6 +143,11 @@ class GuidedAttention(nn.Module):
             with ImageNet-normalised inputs that is the mean colour).
         area_weight: weight of a penalty on the mean erased area (0 = off), against
             attention that spreads over the whole image.
+        rrr_weight: weight of input-gradient supervision ("Right for the Right
+            Reasons", Ross et al. 2017) on images with a pixel mask: the share of
+            the squared input gradient of the summed log-probabilities that falls
+            on background pixels (0 = off). Independent of image size and logit
+            scale. Costs a double backward through the whole model.
         layout: how to read the layer's output: ``"auto"``, ``"NCHW"``,
             ``"NHWC"``, ``"tokens"``, or a callable ``tensor -> (B, K, h, w)``.
         check_finite: raise ``FloatingPointError`` naming the term when the loss
@@ -159,6 +177,7 @@ class GuidedAttention(nn.Module):
         detach_weights: bool = False,
         fill: float = 0.0,
         area_weight: float = 0.0,
+        rrr_weight: float = 0.0,
         layout: str | Callable[[Tensor], Tensor] = "auto",
         check_finite: bool = True,
     ) -> None:
@@ -176,13 +195,15 @@ class GuidedAttention(nn.Module):
             raise AttnGuideError(f"layout must be one of {LAYOUTS} or a callable, not {layout!r}")
         if max_pairs_per_image is not None and max_pairs_per_image < 1:
             raise AttnGuideError("max_pairs_per_image must be None or at least 1")
-        for name, value in (("alpha", alpha), ("omega", omega), ("area_weight", area_weight)):
+        for name, value in (("alpha", alpha), ("omega", omega), ("area_weight", area_weight),
+                            ("rrr_weight", rrr_weight)):
             if value < 0:
                 raise AttnGuideError(f"{name} must be >= 0, got {value}")
         self.model = model
         self.cam_method = CAM_METHODS.get(cam)
         self.mask = resolve_mask(mask)
         self.alpha, self.omega, self.area_weight = float(alpha), float(omega), float(area_weight)
+        self.rrr_weight = float(rrr_weight)
         self.am_score = am_score
         self.freeze_bn = freeze_bn
         self.max_pairs_per_image = max_pairs_per_image
@@ -190,6 +211,8 @@ class GuidedAttention(nn.Module):
         self.fill = float(fill)
         self.layout = layout
         self.check_finite = check_finite
+        self._auto_layer = layer == "auto"
+        self._warned_coarse = False
         resolved = resolve_layer(model, layer)
         self.layer_name, layer_module = resolved if resolved else (None, None)
         self._set_layer(layer_module)
@@ -231,19 +254,27 @@ class GuidedAttention(nn.Module):
         if masks is not None:
             _check_masks(masks, images)
         use_masks = masks is not None and self.omega > 0
-        if not guidance or (self.alpha == 0 and not use_masks and self.area_weight == 0):
+        training = torch.is_grad_enabled()
+        use_rrr = guidance and masks is not None and self.rrr_weight > 0 and training
+        needs_cam = guidance and (self.alpha > 0 or use_masks or self.area_weight > 0)
+        if use_rrr:  # a leaf of our own, so the user's tensor is left as it is
+            images = images.detach().requires_grad_(True)
+        if not needs_cam:
             logits = extract_logits(self.model(images))
             _check_label_range(labels, logits)
             loss = classification_loss(logits, labels)
             zero = loss.new_zeros(())
-            losses = {"cls": loss, "am": zero, "ext": zero, "area": zero}
+            losses = {"cls": loss, "am": zero, "ext": zero, "rrr": zero, "area": zero}
+            if use_rrr:
+                _check_mask_values(masks, logits.shape[1])
+                losses["rrr"] = self._rrr(images, logits, labels, masks)
+                loss = loss + self.rrr_weight * losses["rrr"]
             self._raise_if_not_finite(loss, losses)
             return GuideOutput(loss=loss, logits=logits, losses=losses)
 
         self._ensure_layer(images)
         # Under torch.no_grad() (a validation loss, say) record a graph only from the
         # layer to the logits, which the CAM gradients need; nothing else is kept.
-        training = torch.is_grad_enabled()
         create_graph = training and not self.detach_weights
         with torch.set_grad_enabled(training), _double_backward_safe(create_graph), \
                 ActivationCapture(self._layer, start_grad=not training) as cap:
@@ -257,9 +288,11 @@ class GuidedAttention(nn.Module):
         pairs = self._pairs(labels)  # (P, 2)
         b, c = pairs[:, 0], pairs[:, 1]
 
+        loss_rrr = self._rrr(images, logits, labels, masks) if use_rrr else zero
         if len(pairs) == 0:  # no positive class anywhere: nothing to attend to
-            losses = {"cls": loss_cls, "am": zero, "ext": zero, "area": zero}
-            return GuideOutput(loss_cls, logits, losses, images.new_zeros(0, *images.shape[2:]),
+            losses = {"cls": loss_cls, "am": zero, "ext": zero, "rrr": loss_rrr, "area": zero}
+            loss = loss_cls + self.rrr_weight * loss_rrr
+            return GuideOutput(loss, logits, losses, images.new_zeros(0, *images.shape[2:]),
                                pairs, {"attention_area": zero.detach(), "pairs": zero.detach()})
 
         raw = self._pair_maps(feats, logits, pairs, images.shape[-2:],
@@ -280,7 +313,10 @@ class GuidedAttention(nn.Module):
         loss = loss_cls + self.alpha * loss_am + self.omega * loss_ext
         if self.area_weight:
             loss = loss + self.area_weight * loss_area
-        losses = {"cls": loss_cls, "am": loss_am, "ext": loss_ext, "area": loss_area}
+        if use_rrr:
+            loss = loss + self.rrr_weight * loss_rrr
+        losses = {"cls": loss_cls, "am": loss_am, "ext": loss_ext, "rrr": loss_rrr,
+                  "area": loss_area}
         self._raise_if_not_finite(loss, losses)
         stats = {"attention_area": loss_area.detach(),
                  "pairs": torch.tensor(float(len(pairs)), device=loss.device)}
@@ -376,8 +412,16 @@ class GuidedAttention(nn.Module):
 
     def _ensure_layer(self, images: Tensor) -> None:
         if self._layer is None:
-            self.layer_name, module = probe_last_spatial_layer(self.model, images)
+            found = auto_layer(self.model, tuple(images.shape[-2:])) if self._auto_layer else None
+            self.layer_name, module = found or probe_last_spatial_layer(self.model, images)
             self._set_layer(module)
+
+    def _rrr(self, images: Tensor, logits: Tensor, labels: Tensor, masks: Tensor) -> Tensor:
+        """Input-gradient supervision of the summed log-probabilities (all classes)."""
+        logits = wide(logits)
+        log_probs = F.logsigmoid(logits) if labels.dim() == 2 else F.log_softmax(logits, dim=1)
+        (grads,) = torch.autograd.grad(log_probs.sum(), images, create_graph=True)
+        return input_gradient_loss(grads, masks)
 
     def _captured(self, cap: ActivationCapture, images: Tensor) -> Tensor:
         if cap.calls != 1:
@@ -394,6 +438,14 @@ class GuidedAttention(nn.Module):
                 f"layer {self.layer_name!r} gives a {tuple(spatial.shape[1:])} map: attention needs "
                 "a spatial grid of at least 2x2; pick an earlier layer or use larger images"
             )
+        if min(spatial.shape[2:]) < MIN_CELLS and not self._warned_coarse:
+            self._warned_coarse = True
+            h, w = spatial.shape[2:]
+            warnings.warn(
+                f"layer {self.layer_name!r} gives a {h}x{w} attention map for "
+                f"{images.shape[-2]}x{images.shape[-1]} images: too coarse to follow objects; "
+                "use layer='auto' (the deepest stage with at least 7x7 cells), an earlier "
+                "layer, or larger images", stacklevel=4)
         return cap.output
 
     def _spatial(self, tensor: Tensor, images: Tensor) -> Tensor:

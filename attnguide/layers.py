@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .errors import AttnGuideError
 
 LAYOUTS = ("auto", "NCHW", "NHWC", "tokens")
+MIN_CELLS = 7  # a map coarser than 7x7 can hardly follow an object
 
 
 def _names(model: nn.Module) -> list[str]:
@@ -26,7 +27,10 @@ def _names(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[str, nn.Module] | None:
-    """Return ``(name, module)`` for ``layer``; None when it must be found by a probe."""
+    """Return ``(name, module)`` for ``layer``; None when it is chosen at the first
+    call ('auto', or a model without timm's ``feature_info``)."""
+    if layer == "auto":
+        return None
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
             if module is layer:
@@ -43,17 +47,39 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> tuple[str,
             hint = f"closest names: {', '.join(close)}" if close else "see model.named_modules()"
             raise AttnGuideError(f"the model has no layer {layer!r}; {hint}") from None
     if layer is not None:
-        raise AttnGuideError(f"layer must be a name, a module or None, not {type(layer).__name__}")
+        raise AttnGuideError(
+            f"layer must be a name, a module, 'auto' or None, not {type(layer).__name__}")
+    stages = timm_stages(model)
+    return _stage(model, stages[-1]["module"]) if stages else None
+
+
+def timm_stages(model: nn.Module) -> list[dict]:
+    """timm's ``feature_info`` entries that name a module (empty for other models)."""
     info = getattr(model, "feature_info", None)
-    if isinstance(info, list) and info and isinstance(info[-1], dict) and "module" in info[-1]:
-        name = info[-1]["module"]
-        module = model.get_submodule(name)
-        # A ViT that classifies from its class token sends no gradient to the patch
-        # tokens of its last block's output; the block's first norm still gets it.
-        if getattr(model, "global_pool", None) == "token" and hasattr(module, "norm1"):
-            return f"{name}.norm1", module.norm1
-        return name, module
-    return None
+    if not isinstance(info, list):
+        return []
+    return [f for f in info if isinstance(f, dict) and "module" in f]
+
+
+def _stage(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    module = model.get_submodule(name)
+    # A ViT that classifies from its class token sends no gradient to the patch
+    # tokens of its last block's output; the block's first norm still gets it.
+    if getattr(model, "global_pool", None) == "token" and hasattr(module, "norm1"):
+        return f"{name}.norm1", module.norm1
+    return name, module
+
+
+def auto_layer(model: nn.Module, image_hw: tuple[int, int]) -> tuple[str, nn.Module] | None:
+    """The deepest timm stage whose map has at least ``MIN_CELLS`` cells along the
+    image's shorter side (resnet18 at 224 px: layer4, 7x7; at 96 px: layer3, 6x6 ->
+    layer2, 12x12); None for models without ``feature_info``."""
+    stages = [f for f in timm_stages(model) if f.get("reduction")]
+    if not stages:
+        return None
+    side = min(image_hw)
+    fine = [f for f in stages if side // f["reduction"] >= MIN_CELLS]
+    return _stage(model, (fine[-1] if fine else stages[0])["module"])
 
 
 def probe_last_spatial_layer(model: nn.Module, images: Tensor) -> tuple[str, nn.Module]:

@@ -72,3 +72,22 @@ def area_loss(soft_masks: Tensor) -> Tensor:
     if soft_masks.numel() == 0:
         return wide(soft_masks.new_zeros(()))
     return wide(soft_masks).mean()
+
+
+def input_gradient_loss(input_grads: Tensor, masks: Tensor) -> Tensor:
+    """Right for the Right Reasons (Ross et al. 2017), in a scale-free form.
+
+    ``input_grads`` (B, 3, H, W) are the gradients of the summed log-probabilities
+    with respect to the input; ``masks`` (B, H, W) mark the pixels that must not
+    matter as 0 (background). Per image, the loss is the share of the squared
+    input gradient that falls on background pixels, in [0, 1]; images without a
+    labelled pixel (all 255) add nothing. A share does not grow with the image size
+    or the scale of the logits, so one weight fits all models and resolutions.
+    """
+    energy = wide(input_grads).pow(2).sum(dim=1)  # (B, H, W)
+    labelled = (masks != IGNORE).flatten(1).any(dim=1)  # (B,)
+    if not bool(labelled.any()):
+        return energy.new_zeros(())
+    outside = (energy * (masks == 0)).flatten(1).sum(dim=1)
+    share = outside / energy.flatten(1).sum(dim=1).clamp_min(1e-30)
+    return share[labelled].mean()

@@ -168,10 +168,15 @@ def draw_shape(
     cls: int,
     box: Box,
     rng: np.random.Generator,
+    shared_colours: bool = False,
 ) -> None:
-    """Draw class `cls` inside `box` on the RGB canvas and, as value cls + 1, on the label canvas."""
+    """Draw class `cls` inside `box` on the RGB canvas and, as value cls + 1, on the label
+    canvas. With `shared_colours` the colour is drawn from every class's palette, so
+    only the shape tells the class."""
     name, value = SHAPES[cls], int(cls) + 1
-    colour = _jitter(rng, SHAPE_COLOURS[name])
+    base = (list(SHAPE_COLOURS.values())[int(rng.integers(len(SHAPE_COLOURS)))]
+            if shared_colours else SHAPE_COLOURS[name])
+    colour = _jitter(rng, base)
     x0, y0, side = box
     if name in ("disc", "ring"):
         squash = int(rng.uniform(0, 0.12) * side)
@@ -247,7 +252,8 @@ def layout_boxes(rng: np.random.Generator, count: int, size: int, attempts: int 
 
 
 def render_scene(
-    rng: np.random.Generator, classes: list[int], texture: int, cue: int | None, size: int
+    rng: np.random.Generator, classes: list[int], texture: int, cue: int | None, size: int,
+    shared_colours: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint one scene.
 
@@ -257,6 +263,7 @@ def render_scene(
         texture: index into `TEXTURES`.
         cue: class encoded by the corner cue, or None for no cue.
         size: image side S.
+        shared_colours: shapes take any class's colour (only the shape tells the class).
 
     Returns:
         image (S, S, 3) uint8 RGB and mask (S, S) uint8 (0 background, k + 1 class k).
@@ -266,7 +273,7 @@ def render_scene(
     mask = Image.new("L", (size, size), 0)
     rgb_draw, label_draw = ImageDraw.Draw(image), ImageDraw.Draw(mask)
     for cls, box in zip(classes, layout_boxes(rng, len(classes), size), strict=True):
-        draw_shape(rgb_draw, label_draw, cls, box, rng)
+        draw_shape(rgb_draw, label_draw, cls, box, rng, shared_colours)
     if cue is not None:
         end = CUE_OFFSET + CUE_SIZE - 1
         rgb_draw.rectangle((CUE_OFFSET, CUE_OFFSET, end, end), fill=CUE_COLOURS[cue])

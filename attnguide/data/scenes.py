@@ -53,6 +53,7 @@ def make_scenes(
     max_objects: int = 3,
     bias: str = "background",
     bias_strength: float = 0.9,
+    colours: str = "class",
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
@@ -70,6 +71,9 @@ def make_scenes(
             P(water | boat) = s + (1 - s) / T and P(water | no boat) = (1 - s) / T
             with T = 5 textures; the cue names a present class with probability
             s + (1 - s) * (present classes) / C.
+        colours: "class" (each class its own colour, jittered) or "shared" (any
+            class's colour, so only the shape tells the class and the shortcut
+            is easier to learn than the object).
         seed: same seed and parameters give byte-identical files.
         overwrite: replace an existing scenes folder made with other parameters.
 
@@ -99,6 +103,8 @@ def make_scenes(
         "bias_strength": bias_strength,
         "seed": seed,
     }
+    if colours != "class":  # recorded only when set, so older scenes folders stay valid
+        params["colours"] = colours
     _check_params(params)
     if _reuse_existing(out, params, overwrite):
         return out
@@ -177,6 +183,8 @@ def _check_params(p: dict) -> None:
     whole("max_objects", 1, p["num_classes"])
     whole("min_objects", 0, p["max_objects"])
     whole("seed", 0)
+    if p.get("colours", "class") not in ("class", "shared"):
+        raise AttnGuideError(f"make_scenes: colours must be 'class' or 'shared', got {p['colours']!r}")
     if p["bias"] not in BIASES:
         raise AttnGuideError(f"make_scenes: bias must be one of {list(BIASES)}, got {p['bias']!r}")
     strength = p["bias_strength"]
@@ -243,7 +251,8 @@ def _write_split(folder: Path, split: str, count: int, params: dict, names: list
         for i in range(count):
             rng = np.random.default_rng([params["seed"], SPLIT_CODES[split], i])
             classes, texture, cue = draw_scene_labels(rng, params, biased=split == "train")
-            image, mask = render_scene(rng, classes, texture, cue, size)
+            image, mask = render_scene(rng, classes, texture, cue, size,
+                                       params.get("colours") == "shared")
             stem = f"{split}_{i:05d}.png"
             Image.fromarray(image).save(folder / "images" / stem, compress_level=1)
             write_label_png(folder / "masks" / stem, mask)

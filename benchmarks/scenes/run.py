@@ -1,0 +1,172 @@
+"""The method's claim on the built-in biased scenes: does guided attention stop a
+classifier from using the shortcut?
+
+Rows: an unguided classifier (the CAM baseline), GAIN, GAIN_ext with 2%, 10% and
+100% of the training images pixel-labelled, RRR, and an oracle trained on scenes
+without the shortcut. Columns: accuracy and mAP on the unbiased test split, CAM
+mIoU and the share of attention inside the objects. Each (row, seed) trains in
+its own process (``--parallel`` at a time); seeds give the spread.
+
+    python benchmarks/scenes/run.py --out runs/scenes-bench --seeds 0 1 2 --write
+    python benchmarks/scenes/run.py --rows baseline ext10 --set epochs=4 --set lr=3e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
+
+# Settings shared by every row; any of them can be overridden with --set key=value.
+COMMON = {
+    "model": "resnet18",
+    "image_size": 96,
+    "layer": "auto",
+    "epochs": 12,
+    "warmup_epochs": 4,
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+}
+
+# row name -> (label in the table, options of that row)
+ROWS = {
+    "baseline": ("unguided (CAM baseline)", {"guidance": "none"}),
+    "gain": ("GAIN", {"guidance": "self"}),
+    "ext2": ("GAIN_ext, 2% pixel labels", {"guidance": "ext", "pixel_labels": "2%"}),
+    "ext10": ("GAIN_ext, 10% pixel labels", {"guidance": "ext", "pixel_labels": "10%"}),
+    "ext100": ("GAIN_ext, 100% pixel labels", {"guidance": "ext", "pixel_labels": "100%"}),
+    "oracle": ("oracle (trained without the shortcut)",
+               {"guidance": "none", "train_split": "train_unbiased"}),
+}
+
+COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"), ("test_cam_miou", "CAM mIoU"),
+           ("test_attention_inside", "attention inside")]
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not _:
+            raise SystemExit(f"--set takes key=value, got {item!r}")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def train_command(data: Path, run: Path, options: dict, seed: int, device: str) -> list[str]:
+    cmd = [sys.executable, "-m", "attnguide", "train", "--data", str(data), "--out", str(run),
+           "--seed", str(seed), "--device", device, "--quiet"]
+    for key, value in options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    return cmd
+
+
+def test_metrics(run: Path, data: Path, device: str) -> dict:
+    """Metrics of the run's last checkpoint on the unbiased test split."""
+    import torch
+
+    from attnguide.data import open_dataset
+    from attnguide.engine import evaluate
+    from attnguide.models import load_model
+
+    trained = load_model(run / "last.pt")
+    dev = torch.device(device)
+    trained.model.to(dev)
+    ds = open_dataset(data, split="test", image_size=trained.image_size, train=False)
+    metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=dev)
+    return {k.replace("val_", "test_"): v for k, v in metrics.items()}
+
+
+def summarise(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/scenes-bench"))
+    p.add_argument("--data", type=Path, default=None, help="scenes folder (default: OUT/scenes)")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--set", action="append", default=[], help="override a training option, key=value")
+    p.add_argument("--scenes", action="append", default=[], help="make_scenes option, key=value")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--parallel", type=int, default=1, help="training processes at a time")
+    p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+
+    from attnguide.data import make_scenes
+
+    scene_opts = {k: (int(v) if v.isdigit() else (float(v) if v.replace(".", "", 1).isdigit() else v))
+                  for k, v in parse_sets(args.scenes).items()}
+    data = args.data or make_scenes(args.out / "scenes", **scene_opts)
+    common = {**COMMON, **parse_sets(args.set)}
+
+    jobs = [(row, seed) for row in args.rows for seed in args.seeds]
+    running: list[tuple[str, int, subprocess.Popen, float]] = []
+    results: dict[str, list[dict]] = {row: [] for row in args.rows}
+    t_start = time.time()
+
+    def finish(job):
+        row, seed, proc, t0 = job
+        run = args.out / f"{row}-s{seed}"
+        if proc.wait() != 0:
+            raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
+        metrics = test_metrics(run, data, args.device)
+        metrics["seconds"] = time.time() - t0
+        (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+        results[row].append(metrics)
+        print(f"{row:9s} seed {seed}: " + ", ".join(f"{name} {metrics.get(key, float('nan')):.3f}"
+              for key, name in COLUMNS) + f" ({metrics['seconds']:.0f} s)", flush=True)
+
+    for row, seed in jobs:
+        while len(running) >= args.parallel:
+            done = next((j for j in running if j[2].poll() is not None), None)
+            if done is None:
+                time.sleep(1)
+                continue
+            running.remove(done)
+            finish(done)
+        run = args.out / f"{row}-s{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        log = (run / "train.log").open("w")
+        cmd = train_command(data, run, {**common, **ROWS[row][1]}, seed, args.device)
+        running.append((row, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time()))
+    for job in running:
+        finish(job)
+
+    lines = ["| row | " + " | ".join(name for _, name in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for row in args.rows:
+        cells = [summarise([m[key] for m in results[row] if m.get(key) is not None]) for key, _ in COLUMNS]
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        cmd = "python benchmarks/scenes/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        where = platform.node() if args.device == "cpu" else args.device
+        settings = ", ".join(f"{k}={v}" for k, v in common.items())
+        text = (f"\n### Scenes: guided attention against the shortcut — {dt.date.today()} — {where}\n\n"
+                f"`{cmd}`\n\nSettings: {settings}; seeds {args.seeds} (mean ± std); test split is "
+                f"unbiased; last checkpoint; {time.time() - t_start:.0f} s in all.\n\n{table}\n")
+        with RESULTS.open("a") as f:
+            f.write(text)
+        print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

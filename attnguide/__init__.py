@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .cams import CAM_METHODS
 from .errors import AttnGuideError
-from .guide import GuideOutput, GuidedAttention, extract_logits, normalize_maps, upsample_maps
+from .guide import GuidedAttention, GuideOutput, extract_logits, normalize_maps, upsample_maps
 from .hooks import ActivationCapture, eval_mode, frozen_batchnorm
 from .masks import MASKS, HardThreshold, SoftThreshold, hard_threshold, soft_threshold
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread per test process: `make test` runs two processes (pytest -n 2) on two cores,
+# and oversubscribed threads make tiny convolutions many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -61,7 +61,7 @@ def apply_joint(
     height, width = image.shape[:2]
     if mask is None:
         mask = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
-    image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-    mask_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+    image_t = tv_tensors.Image(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1))
+    mask_t = tv_tensors.Mask(torch.from_numpy(np.array(mask, copy=True)))
     image_out, mask_out = transform(image_t, mask_t)
     return image_out.as_subclass(torch.Tensor), mask_out.as_subclass(torch.Tensor).long()

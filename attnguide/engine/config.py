@@ -1,0 +1,296 @@
+"""`TrainConfig`: every option of ``attnguide train``, with commented defaults.
+
+Precedence (lowest to highest): the defaults below, the config saved in the
+checkpoint given to ``--resume``, a YAML or TOML ``--config`` file, options
+given on the command line. The resolved config is saved as ``config.yaml`` in
+the run folder; ``attnguide train --config RUN/config.yaml`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import AttnGuideError
+
+GUIDANCE = ("none", "self", "ext")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "poly", "step", "constant")
+AMP_DTYPES = ("auto", "bf16", "fp16")
+DATA_MODES = ("auto", "multi", "single")
+BEST_METRICS = ("auto", "val_accuracy", "val_map", "val_cam_miou", "val_attention_inside", "train_loss")
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. Field comments are the CLI's help text."""
+
+    # --- data
+    data: str = ""  # data set folder: a folder data set (classes.txt + CSVs) or VOC 2012
+    train_split: str = "train"  # split to train on (CSV stem, or VOC list such as train_aug)
+    val_split: str = "val"  # split evaluated after each epoch ("" = no evaluation)
+    data_mode: str = "auto"  # labels: auto (single-label iff one label per row), multi, single
+    image_size: int = 96  # side S of the S x S training images
+    pixel_labels: str | None = None  # images whose masks feed L_e: all (None), a count N, or "10%"
+    workers: int = 0  # data loading worker processes (0 = in the main process)
+
+    # --- model
+    model: str = "resnet18"  # any timm model name (timm.list_models())
+    weights: str | None = None  # local weights file (.pt/.pth/.safetensors); classifier re-sized
+    pretrained: bool = False  # ask timm's hub for weights (needs network; else use --weights)
+    layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
+
+    # --- guided attention (GAIN)
+    guidance: str = "self"  # none (plain classifier), self (L_cl + alpha L_am), ext (+ omega L_e)
+    warmup_epochs: int = 1  # classification-only epochs before L_am is switched on
+    alpha: float = 1.0  # weight of the attention-mining loss L_am (paper: 1)
+    omega: float = 10.0  # weight of the pixel-mask loss L_e of GAIN_ext (paper: 10)
+    cam: str = "gradcam"  # CAM method: gradcam, gradcampp, xgradcam, layercam, hirescam, cam
+    mask: str = "soft_threshold"  # erasing mask T(A): soft_threshold (paper) or hard_threshold
+    mask_threshold: float = 0.5  # threshold of T(A) = sigmoid(sharpness * (A - threshold))
+    mask_sharpness: float = 10.0  # sharpness of T(A) (the paper's other "omega")
+    am_score: str = "auto"  # score in L_am: auto (sigmoid multi-label, softmax single), sigmoid, softmax, logit
+    freeze_bn: bool = True  # BatchNorm in eval mode for the erased-image pass
+    detach_weights: bool = False  # no second-order gradient through the CAM weights (cheaper)
+    max_pairs_per_image: int | None = None  # cap on (image, class) pairs per image (None = all)
+    area_weight: float = 0.0  # weight of a penalty on the erased area (0 = off)
+    guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
+
+    # --- optimisation
+    epochs: int = 10  # training epochs
+    batch_size: int = 32  # GLOBAL batch size (split evenly over DDP processes)
+    optimizer: str = "sgd"  # sgd (momentum, nesterov off) or adamw
+    lr: float = 0.01  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # weight decay (decoupled for AdamW)
+    schedule: str = "cosine"  # per-iteration LR schedule: cosine, poly, step, constant
+    lr_warmup_steps: int = 0  # linear LR warm-up iterations (not the classification warm-up)
+    poly_power: float = 0.9  # exponent of the poly schedule (1 - t/T)^p
+    step_epochs: int = 0  # step schedule: multiply by step_gamma every N epochs (0 = epochs // 3)
+    step_gamma: float = 0.1  # step schedule factor
+    min_lr: float = 0.0  # floor of the cosine and poly schedules
+    clip_grad: float = 0.0  # clip the gradient norm to this value (0 = off)
+    amp: bool = False  # autocast: bf16 on CPU; fp16 (with a grad scaler) or bf16 on CUDA
+    amp_dtype: str = "auto"  # auto (CPU bf16, CUDA fp16), bf16 or fp16
+
+    # --- evaluation
+    cam_threshold: float = 0.15  # background score for CAM mIoU (attention min-max normalised; IRN's 0.15)
+    best_metric: str = "auto"  # metric that picks best.pt: auto (val_map / val_accuracy), or a metrics.jsonl key
+
+    # --- run
+    out: str = "runs/train"  # run folder: config.yaml, metrics.jsonl, last.pt, best.pt
+    resume: str | None = None  # run folder or checkpoint to continue from (bit-exact on CPU)
+    overwrite: bool = False  # start afresh in an --out folder that already holds a run
+    checkpoint_every: int = 200  # also write last.pt every N iterations (0 = only after each epoch)
+    seed: int = 0  # seed of weights, data order, augmentation and the pixel-label draw
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    tensorboard: bool = False  # TensorBoard logs in RUN/tensorboard
+    quiet: bool = False  # no progress bar and no per-epoch lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        """Check choices and ranges; return self."""
+        _choice("guidance", self.guidance, GUIDANCE)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        _choice("data_mode", self.data_mode, DATA_MODES)
+        if not self.data:
+            raise AttnGuideError("no data set: pass --data PATH (or data: in the --config file)")
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise AttnGuideError(f"{_opt(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "workers", "checkpoint_every", "lr_warmup_steps", "step_epochs"):
+            if getattr(self, name) < 0:
+                raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight"):
+            if getattr(self, name) < 0:
+                raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
+        if self.lr == 0:
+            raise AttnGuideError("--lr must be > 0")
+        if not 0 <= self.cam_threshold <= 1:
+            raise AttnGuideError(f"--cam-threshold must lie in [0, 1], got {self.cam_threshold}")
+        if self.weights and self.pretrained:
+            raise AttnGuideError("pass either --weights PATH or --pretrained, not both")
+        if self.best_metric not in BEST_METRICS and not self.best_metric.startswith("val_"):
+            raise AttnGuideError(f"--best-metric must be one of {', '.join(BEST_METRICS)} or a val_* key")
+        if self.guidance == "ext" and self.omega == 0:
+            raise AttnGuideError("--guidance ext with --omega 0 is GAIN_self: use --guidance self")
+        return self
+
+
+def _opt(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise AttnGuideError(f"{_opt(name)} must be one of {', '.join(choices)}, got {value!r}")
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> the comment after its default in this file (the CLI help)."""
+    import inspect
+
+    out: dict[str, str] = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        line = line.strip()
+        if ":" in line and "#" in line and not line.startswith("#"):
+            name = line.split(":", 1)[0].strip()
+            if name in FIELDS:
+                out[name] = line.split("#", 1)[1].strip()
+    return out
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _base_type(name: str) -> tuple[type, bool]:
+    """(the non-None type, whether None is allowed) of a field's annotation."""
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(TrainConfig))
+    tp = _HINTS[name]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return (typing.get_origin(tp) or tp), False
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a value from a config file or the command line to the field's type."""
+    tp, optional = _base_type(name)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")
+                         and optional):
+        if optional:
+            return None
+        raise AttnGuideError(f"{source}: {name} cannot be empty")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return value.strip().lower() in ("true", "yes", "on", "1")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # YAML reads 1e-3 as a string: accept it
+        if tp is str:
+            if isinstance(value, (dict, list, bool)):
+                raise ValueError
+            return str(value)
+        if tp is dict:
+            if not isinstance(value, Mapping):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    want = getattr(tp, "__name__", str(tp))
+    raise AttnGuideError(f"{source}: {name} must be {want}{' or null' if optional else ''}, got {value!r}")
+
+
+def normalize_keys(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Accept ``batch-size`` and ``batch_size``; reject unknown keys with close matches."""
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, list(FIELDS), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise AttnGuideError(f"{source}: unknown option {key!r}{hint}")
+        out[name] = coerce(name, value, source)
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file.
+
+    A TOML file may hold the options at the top level or under ``[train]``;
+    a YAML file at the top level or under ``train:``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            raw = tomllib.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except ImportError as e:
+        raise AttnGuideError(f"reading {path.name} needs {e.name}: pip install tomli") from None
+    except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        first = str(e).strip().splitlines()
+        raise AttnGuideError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: "
+                             f"{' '.join(first)[:200]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise AttnGuideError(f"config file {str(path)!r} must hold a mapping of option: value")
+    if set(raw) == {"train"} and isinstance(raw["train"], Mapping):
+        raw = raw["train"]
+    return normalize_keys(raw, f"config file {path.name}")
+
+
+def resolve_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Merge defaults < ``base`` (a resumed run's config) < ``config_file`` < ``overrides``.
+
+    ``overrides`` holds only the options given explicitly (None values are skipped).
+    """
+    merged: dict[str, Any] = {}
+    if base:
+        merged.update({k: v for k, v in base.items() if k in FIELDS})
+        merged["resume"] = None  # a resumed run's own resume option is not inherited
+    if config_file is not None:
+        merged.update(read_config_file(config_file))
+    if overrides:
+        merged.update(normalize_keys({k: v for k, v in overrides.items() if v is not None},
+                                     "command line"))
+    for key in list(merged):
+        merged[key] = coerce(key, merged[key], "config")
+    return TrainConfig(**merged)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (``attnguide train --config`` reads it back)."""
+    import yaml
+
+    from .checkpoint import atomic_write_bytes
+
+    header = ("# attnguide train: the resolved options of this run.\n"
+              "# Repeat it with: attnguide train --config config.yaml\n")
+    values = cfg.to_dict()
+    values["resume"] = None  # repeating the run must not resume the old one
+    body = yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
+    atomic_write_bytes(Path(path), (header + body).encode())

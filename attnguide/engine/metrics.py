@@ -1,0 +1,112 @@
+"""Evaluation metrics as small pure functions (tested against torchmetrics).
+
+Shapes: N images, C classes, H x W pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IGNORE = 255
+
+
+def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """Per-class average precision (VOC/sklearn "AP", no interpolation).
+
+    ``AP_c = sum over positives k of precision@rank(k) / #positives``, ranks
+    by descending score (ties: the stable sort keeps the input order).
+
+    Args:
+        scores: (N, C) float. targets: (N, C) in {0, 1}.
+
+    Returns:
+        (C,) AP; NaN for classes without a positive.
+    """
+    scores, targets = scores.float(), targets.float()
+    order = scores.argsort(dim=0, descending=True, stable=True)  # (N, C)
+    hits = targets.gather(0, order)  # (N, C)
+    tp = hits.cumsum(0)
+    ranks = torch.arange(1, len(scores) + 1, dtype=torch.float32, device=scores.device)[:, None]
+    positives = hits.sum(0)
+    ap = (tp / ranks * hits).sum(0) / positives
+    return torch.where(positives > 0, ap, torch.full_like(ap, float("nan")))
+
+
+def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
+    """mAP over classes that have at least one positive (NaN if none has)."""
+    ap = average_precision(scores, targets)
+    ap = ap[~ap.isnan()]
+    return float(ap.mean()) if len(ap) else float("nan")
+
+
+def accuracy(logits: Tensor, targets: Tensor, multilabel: bool) -> float:
+    """Single-label: top-1 accuracy (targets (N,) indices or (N, C) one-hot).
+    Multi-label: exact match, every class right at probability 0.5."""
+    if multilabel:
+        pred = logits.float().sigmoid() >= 0.5
+        return float((pred == (targets >= 0.5)).all(dim=1).float().mean())
+    if targets.dim() == 2:
+        targets = targets.argmax(dim=1)
+    return float((logits.argmax(dim=1) == targets).float().mean())
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """(K, K) int64 counts, rows = ground truth, columns = prediction, pixels
+    whose target is 255 ignored. pred and target: any equal shapes, values in [0, K)."""
+    valid = target != IGNORE
+    t, p = target[valid].long(), pred[valid].long()
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def iou_from_confusion(conf: Tensor) -> Tensor:
+    """(K,) IoU per class; NaN for classes absent from both ground truth and prediction."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+
+
+def mean_iou(conf: Tensor) -> float:
+    iou = iou_from_confusion(conf)
+    iou = iou[~iou.isnan()]
+    return float(iou.mean()) if len(iou) else float("nan")
+
+
+def cam_segmentation(maps: Tensor, classes: Tensor, present: Tensor, threshold: float) -> Tensor:
+    """Segment with CAMs and a fixed background score.
+
+    Args:
+        maps: (N, K, H, W) attention in [0, 1] of the classes ``classes`` (N, K).
+        classes: (N, K) int64 class indices (repeats allowed).
+        present: (N, K) bool, False for padding entries.
+        threshold: the background's score: a pixel is background where every
+            class's attention is below it.
+
+    Returns:
+        (N, H, W) int64 labels in the VOC convention (0 background, c + 1 class c).
+    """
+    maps = maps.float().masked_fill(~present[:, :, None, None], -1.0)
+    best, arg = maps.max(dim=1)  # (N, H, W)
+    label = classes.gather(1, arg.flatten(1)).view_as(arg) + 1
+    return torch.where(best >= threshold, label, torch.zeros_like(label))
+
+
+def attention_inside(maps: Tensor, classes: Tensor, present: Tensor, masks: Tensor) -> tuple[float, int]:
+    """Share of each map's attention mass inside its class's mask, summed over pairs.
+
+    Args:
+        maps: (N, K, H, W) attention >= 0. classes: (N, K). present: (N, K) bool,
+            False for padding entries. masks: (N, H, W).
+
+    Returns:
+        (sum of per-pair shares, number of pairs counted): pairs whose class has
+        no pixel in the mask or whose map is all zero are skipped. Pixels whose
+        mask is 255 are left out of both numerator and denominator.
+    """
+    valid = (masks != IGNORE)[:, None]  # (N, 1, H, W)
+    inside = masks[:, None] == (classes[:, :, None, None] + 1)  # (N, K, H, W)
+    mass = (maps.float() * valid).flatten(2).sum(-1)  # (N, K)
+    mass_in = (maps.float() * inside).flatten(2).sum(-1)
+    ok = present & (mass > 0) & inside.flatten(2).any(-1)
+    return float((mass_in[ok] / mass[ok]).sum()), int(ok.sum())

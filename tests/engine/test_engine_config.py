@@ -1,0 +1,89 @@
+"""TrainConfig: defaults, config files (YAML and TOML), precedence, validation."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from attnguide.engine import (
+    TrainConfig,
+    config_from_options,
+    resolve_config,
+    save_checkpoint,
+    save_config,
+)
+from attnguide.engine.config import field_help, read_config_file
+from attnguide.errors import AttnGuideError
+
+
+def test_every_field_has_a_help_comment():
+    helps = field_help()
+    missing = [f for f in TrainConfig.__dataclass_fields__ if f not in helps]
+    assert not missing
+
+
+def test_precedence_defaults_then_file_then_command_line(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("data: d\nlr: 1e-3\nbatch-size: 8\nepochs: 3\nguidance: ext\n")
+    cfg = resolve_config({"epochs": 5, "lr": None}, cfg_file)
+    assert cfg.epochs == 5  # command line wins
+    assert cfg.lr == pytest.approx(1e-3)  # YAML reads 1e-3 as a string: coerced to float
+    assert cfg.batch_size == 8 and cfg.guidance == "ext"  # from the file, dashes accepted
+    assert cfg.optimizer == TrainConfig().optimizer  # default
+
+
+def test_toml_file_with_train_table(tmp_path):
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text('[train]\ndata = "d"\nmodel = "test_resnet"\namp = true\npixel_labels = 20\n')
+    cfg = resolve_config({"model": "resnet18"}, cfg_file)
+    assert cfg.model == "resnet18" and cfg.amp is True
+    assert cfg.pixel_labels == "20"  # counts travel as strings ("10%" too)
+
+
+def test_unknown_key_and_bad_type_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: d\nepoch: 3\n")
+    with pytest.raises(AttnGuideError, match=r"unknown option 'epoch'.*epochs"):
+        read_config_file(bad)
+    bad.write_text("data: d\nepochs: three\n")
+    with pytest.raises(AttnGuideError, match="epochs must be int"):
+        read_config_file(bad)
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(AttnGuideError, match="not valid YAML"):
+        read_config_file(bad)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        read_config_file(tmp_path / "nope.yaml")
+
+
+def test_validate_rejects_bad_choices():
+    with pytest.raises(AttnGuideError, match="--guidance must be one of none, self, ext"):
+        TrainConfig(data="d", guidance="full").validate()
+    with pytest.raises(AttnGuideError, match="--data"):
+        TrainConfig().validate()
+    with pytest.raises(AttnGuideError, match="--epochs"):
+        TrainConfig(data="d", epochs=0).validate()
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = TrainConfig(data="d", lr=0.003, epochs=4, guide_options={"fill": 0.5}, resume="old")
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# attnguide train")
+    again = resolve_config(None, tmp_path / "config.yaml")
+    assert again.lr == 0.003 and again.epochs == 4 and again.guide_options == {"fill": 0.5}
+    assert again.resume is None  # repeating a run does not resume the old one
+    assert yaml.safe_load(text)["resume"] is None
+
+
+def test_resume_base_sits_between_defaults_and_file(tmp_path):
+    run = tmp_path / "run"
+    base = TrainConfig(data="d", epochs=2, lr=0.5, batch_size=4, out="elsewhere").to_dict()
+    save_checkpoint({"config": base}, run / "last.pt")
+    cfg_file = tmp_path / "more.yaml"
+    cfg_file.write_text("lr: 0.25\n")
+    cfg = config_from_options({"resume": str(run), "epochs": 6}, cfg_file)
+    assert cfg.epochs == 6  # command line
+    assert cfg.lr == 0.25  # file beats the checkpoint's config
+    assert cfg.batch_size == 4  # from the checkpoint's config
+    assert cfg.out == str(run)  # continue in the checkpoint's folder
+    assert cfg.resume == str(run)

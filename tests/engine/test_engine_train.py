@@ -1,0 +1,173 @@
+"""The training loop: a short guided run, AMP on CPU, bit-exact resume after
+SIGKILL, resume checks, and DDP (2 gloo processes) against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnguide.data import make_scenes
+from attnguide.engine import TrainConfig, Trainer, train
+from attnguide.errors import AttnGuideError
+from attnguide.models import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def _cli(*args: str, cwd: Path) -> list[str]:
+    return [sys.executable, "-m", "attnguide", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """Multi-label scenes with exact masks: 24 train, 8 val images, 64 px."""
+    return make_scenes(tmp_path_factory.mktemp("data") / "scenes", n_train=24, n_val=8, n_test=8,
+                       image_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def single_scenes(tmp_path_factory) -> Path:
+    """Single-label scenes (one object per image): 32 train images."""
+    return make_scenes(tmp_path_factory.mktemp("data") / "single", n_train=32, n_val=8, n_test=8,
+                       image_size=64, min_objects=1, max_objects=1, seed=1)
+
+
+def _cfg(scenes: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(scenes), model="test_resnet", image_size=64, batch_size=8, epochs=2,
+                warmup_epochs=1, guidance="ext", out=str(out), quiet=True, checkpoint_every=0,
+                device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_guided_run_writes_metrics_and_checkpoints(scenes, tmp_path):
+    result = train(_cfg(scenes, tmp_path / "run"))
+    run = result.run_dir
+    assert {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert [r["guided"] for r in lines] == [False, True]  # one classification-only warm-up epoch
+    assert lines[0]["train_loss_am"] == 0 and lines[1]["train_loss_am"] > 0
+    assert lines[1]["train_loss_ext"] > 0 and 0 <= lines[1]["attention_area"] <= 1
+    for key in ("train_loss", "train_loss_cls", "lr", "time", "val_map", "val_accuracy",
+                "val_cam_miou", "val_attention_inside"):
+        assert key in lines[1], key
+    assert 0 <= lines[1]["val_cam_miou"] <= 1
+    trained = load_model(run)
+    assert trained.multilabel and len(trained.class_names) == 5
+    assert trained.layer == "layer2" and trained.image_size == 64  # layer "auto": >= 7x7 cells
+
+
+def test_amp_bf16_step_runs_on_cpu(single_scenes, tmp_path):
+    trainer = Trainer(_cfg(single_scenes, tmp_path / "amp", amp=True, epochs=1, warmup_epochs=0,
+                           guidance="self", val_split=""))
+    seen = []
+    hook = trainer.model.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.fit()
+    hook.remove()
+    assert torch.bfloat16 in seen
+    assert result.history[0]["train_loss_am"] > 0
+    assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_with_another_model_fails_clearly(single_scenes, tmp_path):
+    train(_cfg(single_scenes, tmp_path / "a", epochs=1, warmup_epochs=1, guidance="none", val_split=""))
+    cfg = _cfg(single_scenes, tmp_path / "b", model="test_efficientnet", resume=str(tmp_path / "a"))
+    with pytest.raises(AttnGuideError, match="--model test_resnet, not test_efficientnet"):
+        Trainer(cfg)
+    with pytest.raises(AttnGuideError, match="already holds a run.*--resume"):
+        Trainer(_cfg(single_scenes, tmp_path / "a"))  # no silent overwrite
+
+
+def _read(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_after_sigkill_is_bit_exact(scenes, tmp_path):
+    args = ["train", "--data", scenes, "--model", "test_resnet", "--image-size", 64, "--batch-size", 4,
+            "--epochs", 2, "--warmup-epochs", 1, "--guidance", "ext", "--checkpoint-every", 2,
+            "--val-split", "", "--seed", 3, "--quiet", "--device", "cpu"]
+    ref = subprocess.run(_cli(*args, "--out", tmp_path / "ref", cwd=tmp_path), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*args, "--out", killed_dir, cwd=tmp_path), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    at = None
+    deadline = time.monotonic() + 240
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            last = killed_dir / "last.pt"
+            if last.exists():
+                state = _read(last)
+                if state["batch"] >= 2 and state["step"] < 9:  # mid-epoch, well before the end
+                    os.kill(proc.pid, signal.SIGKILL)
+                    at = (state["epoch"], state["batch"])
+                    break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and at is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert at is not None, "the run ended before a mid-epoch checkpoint was seen"
+    assert proc.returncode == -signal.SIGKILL
+    assert _read(killed_dir / "last.pt")["batch"] > 0  # resuming mid-epoch
+
+    resumed = subprocess.run(_cli("train", "--resume", killed_dir, "--quiet", cwd=tmp_path), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _read(tmp_path / "ref" / "last.pt"), _read(killed_dir / "last.pt")
+    assert a["step"] == b["step"] == 12 and b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    losses = [[r["train_loss"] for r in s["history"]] for s in (a, b)]
+    assert losses[0] == losses[1]  # the interrupted epoch logs the same average loss
+
+
+def test_ddp_two_gloo_processes_match_one_process(single_scenes, tmp_path):
+    # A model without BatchNorm (GroupNorm EfficientNet): per-process batch statistics
+    # would otherwise differ from those of the global batch (SyncBatchNorm needs CUDA).
+    # Single-label data gives one (image, class) pair per image, so L_am's mean over
+    # pairs is a mean over images, which DDP's gradient averaging reproduces exactly.
+    args = ["train", "--data", single_scenes, "--model", "test_efficientnet_gn", "--image-size", 64,
+            "--batch-size", 8, "--epochs", 1, "--warmup-epochs", 0, "--guidance", "self",
+            "--val-split", "", "--seed", 1, "--lr", 0.02, "--quiet", "--checkpoint-every", 0,
+            "--device", "cpu"]
+    one = subprocess.run(_cli(*args, "--out", tmp_path / "one", cwd=tmp_path), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "attnguide", *map(str, args), "--out", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _read(tmp_path / "one" / "last.pt"), _read(tmp_path / "two" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    import timm
+
+    torch.manual_seed(1)
+    init = timm.create_model("test_efficientnet_gn", num_classes=5).state_dict()
+    moved = max(float((a["model"][k].float() - init[k].float()).abs().max()) for k in init)
+    assert moved > 1e-3  # the steps changed the weights
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5), key

@@ -1,0 +1,666 @@
+"""``attnguide segment``: train a segmenter on pseudo labels (or on the ground truth).
+
+One iteration::
+
+    images (B, 3, S, S), labels (B, S, S) in 0..C or 255 (ignored)
+    loss = cross_entropy(model(images), labels, ignore_index=255)
+    loss.backward(); optimizer.step(); scheduler.step()
+
+Data: each training image and its label map (``labels/<name>.png`` written by
+``attnguide pseudo-label``, or the data set's masks with ``labels="gt"``, the
+upper bound) get the same random geometry (torchvision.transforms.v2 on an
+``Image`` and a ``Mask``): scale by a factor drawn from ``scale_range``
+(bilinear / nearest), random ``crop_size`` crop padded with the mean colour
+and label 255, horizontal flip.
+
+Optimisation (DeepLab defaults): SGD, momentum 0.9, weight decay 5e-4, base
+``lr`` 1e-3 and ``head_lr_mult`` (10) times it for the last classifier layer
+(DeepLab-LargeFOV's fc8, an smp model's ``segmentation_head``); per-iteration
+``poly`` ``(1 - t/T)^0.9`` or ``step`` (x ``step_gamma`` every ``step_size``
+iterations) schedule over ``T`` = ``iterations``, or ``epochs`` x batches per
+epoch.
+
+After each epoch (and at the last iteration): mIoU on ``val_split`` at the
+images' own size (``val_miou``; ``val_miou_crf`` after DeepLab-v1 dense-CRF
+post-processing with ``crf_eval``), one line in ``metrics.jsonl``,
+``last.pt`` and, when ``val_miou`` improved, ``best.pt`` (atomic writes).
+``last.pt`` is also written every ``checkpoint_every`` iterations; ``resume``
+restores weights, optimizer, scheduler, scaler, generators and the position
+in the epoch (the engine's resumable loader), so a resumed run sees the same
+batches as an uninterrupted one. Under ``torchrun`` the global batch is split
+over processes (DistributedDataParallel, the engine's process-group set-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import AttnGuideError
+from .common import BACKGROUND, IGNORE, label_path, parse_crf_params, require_crf
+from .inference import SEGMENTER_KIND, check_segmenter_checkpoint, input_multiple, predict_logits
+
+SCHEDULES = ("poly", "step")
+AMP_DTYPES = ("auto", "bf16", "fp16")
+DEEPLAB = "deeplab-largefov"
+
+
+@dataclass
+class SegmentConfig:
+    """Options of ``attnguide segment`` (field comments are the CLI help)."""
+
+    # --- data
+    data: str = ""  # data set folder (images, classes and the val masks)
+    labels: str = ""  # folder of pseudo-label PNGs (attnguide pseudo-label --out), or "gt" (upper bound)
+    train_split: str = "train"  # split to train on (its images must all have a label PNG)
+    val_split: str = "val"  # split with masks for the per-epoch mIoU ("" = none)
+    crop_size: int = 320  # side of the random training crops (DeepLab v1: 321; most smp archs: a multiple of 16 or 32)
+    scale_range: str = "0.5,1.5"  # random rescaling factor range "MIN,MAX" before the crop
+    workers: int = 0  # data loading worker processes
+
+    # --- model
+    arch: str = "deeplabv3plus"  # deeplab-largefov or any smp architecture (unet, deeplabv3plus, ...)
+    encoder: str | None = None  # smp encoder or tu-<timm model> (default resnet50; vgg16 for deeplab-largefov)
+    weights: str | None = None  # local encoder weights file (VGG16 for deeplab-largefov)
+
+    # --- optimisation
+    epochs: int | None = None  # epochs (default 10 when --iterations is not given)
+    iterations: int | None = None  # total iterations instead of epochs (DeepLab/SEC: 8000)
+    batch_size: int = 8  # GLOBAL batch size (split over DDP processes)
+    lr: float = 1e-3  # base learning rate (DeepLab / SEC: 1e-3)
+    head_lr_mult: float = 10.0  # learning-rate factor of the last classifier layer (DeepLab: 10)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay (DeepLab: 5e-4)
+    schedule: str = "poly"  # per-iteration LR schedule: poly (1 - t/T)^power or step
+    poly_power: float = 0.9  # exponent of the poly schedule
+    step_size: int = 0  # step schedule: iterations between drops (0 = T // 4; DeepLab 2000 of 8000)
+    step_gamma: float = 0.1  # step schedule factor
+    amp: bool = False  # autocast: bf16 on CPU; fp16 (with a grad scaler) or bf16 on CUDA
+    amp_dtype: str = "auto"  # auto (CPU bf16, CUDA fp16), bf16 or fp16
+
+    # --- evaluation
+    crf_eval: bool = False  # also report val mIoU after dense-CRF post-processing (val_miou_crf)
+    crf_params: str = "deeplab"  # CRF preset irn, psa or deeplab (DeepLab-v1), then overrides
+    crf_workers: int = 0  # CRF worker processes for crf_eval
+
+    # --- run
+    out: str = "runs/segment"  # run folder: segment.yaml, metrics.jsonl, last.pt, best.pt
+    resume: str | None = None  # run folder or checkpoint to continue from
+    checkpoint_every: int = 200  # also write last.pt every N iterations (0 = after each epoch only)
+    seed: int = 0  # seed of weights, data order and augmentation
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
+    quiet: bool = False  # no progress bar and no per-epoch lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        parts = [p for p in str(self.scale_range).replace(" ", ",").split(",") if p]
+        try:
+            low, high = (float(p) for p in parts)
+        except ValueError:
+            raise AttnGuideError(f"--scale-range must be MIN,MAX such as 0.5,1.5, got {self.scale_range!r}") from None
+        if not 0 < low <= high:
+            raise AttnGuideError(f"--scale-range needs 0 < MIN <= MAX, got {self.scale_range!r}")
+        return low, high
+
+    def validate(self) -> SegmentConfig:
+        if not self.data:
+            raise AttnGuideError("pass the data set with --data PATH")
+        if not self.labels:
+            raise AttnGuideError("pass --labels DIR (pseudo-label PNGs) or --labels gt (ground truth)")
+        if self.schedule not in SCHEDULES:
+            raise AttnGuideError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise AttnGuideError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.epochs is not None and self.iterations is not None:
+            raise AttnGuideError("pass either --epochs or --iterations, not both")
+        for name in ("epochs", "iterations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise AttnGuideError(f"--{name} must be at least 1, got {value}")
+        for name in ("batch_size", "crop_size"):
+            if getattr(self, name) < 1:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("workers", "crf_workers", "checkpoint_every", "step_size"):
+            if getattr(self, name) < 0:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise AttnGuideError(f"--lr must be > 0, got {self.lr}")
+        for name in ("head_lr_mult", "momentum", "weight_decay", "poly_power", "step_gamma"):
+            if getattr(self, name) < 0:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        self.scales  # noqa: B018 - parse check
+        if self.crf_eval:
+            parse_crf_params(self.crf_params)
+            require_crf("--crf-eval")
+        return self
+
+
+def config_from_options(options: dict[str, Any]) -> SegmentConfig:
+    """A config from the options given (None = not given); with ``resume`` the
+    resumed run's saved config is the base and ``out`` defaults to its folder."""
+    from ..models import read_checkpoint, resolve_checkpoint
+
+    given = {k: v for k, v in options.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(SegmentConfig)}
+    unknown = sorted(set(given) - names)
+    if unknown:  # pragma: no cover - programming error
+        raise AttnGuideError(f"unknown segment options {unknown}")
+    base: dict[str, Any] = {}
+    if given.get("resume"):
+        path = resolve_checkpoint(given["resume"], prefer="last")
+        ckpt = read_checkpoint(path)
+        check_segmenter_checkpoint(ckpt, path)
+        base = {k: v for k, v in (ckpt.get("config") or {}).items() if k in names}
+        base["out"] = str(path.parent)
+        if "epochs" in given:
+            base.pop("iterations", None)
+        if "iterations" in given:
+            base.pop("epochs", None)
+    return SegmentConfig(**{**base, **given})
+
+
+# ---------------------------------------------------------------------- data
+
+
+class SegmentationSet(Dataset):
+    """Images of a split with their label maps, under joint random geometry.
+
+    Items: ``image (3, S, S)`` float32 normalised, ``label (S, S)`` int64 in
+    0..C or 255. ``labels_dir`` None uses the data set's own masks.
+    """
+
+    def __init__(self, ds, labels_dir: Path | None, crop_size: int, scales: tuple[float, float]) -> None:
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        from ..data import IMAGENET_MEAN, IMAGENET_STD
+
+        self.ds, self.labels_dir, self.scales = ds, labels_dir, scales
+        self.num_classes = ds.num_classes
+        fill = tuple(round(255 * m) for m in IMAGENET_MEAN)
+        self.geometry = v2.Compose([
+            v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: fill, tv_tensors.Mask: IGNORE}),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.ToDtype(torch.float32, scale=True),  # images only; masks keep their dtype
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+        self.paths = [self.label_file(i) for i in range(len(ds))]
+        if labels_dir is None:
+            unlabelled = [s.name for s in ds.samples if s.mask_path is None]
+            if unlabelled:
+                raise AttnGuideError(
+                    f"--labels gt needs a mask for every image of split {ds.split!r}, but "
+                    f"{len(unlabelled)} have none (e.g. {', '.join(unlabelled[:5])}); "
+                    "train on pseudo labels with --labels DIR")
+        else:
+            missing = [s.name for s, p in zip(ds.samples, self.paths) if not p.is_file()]
+            if missing:
+                shown = ", ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+                raise AttnGuideError(
+                    f"label folder {str(labels_dir)!r} lacks {len(missing)} of the {len(ds)} label maps "
+                    f"of split {ds.split!r}: {shown}; run 'attnguide pseudo-label RUN --data "
+                    f"{ds.root} --split {ds.split} --out {labels_dir}' (with --resume to complete it)")
+
+    def label_file(self, index: int) -> Path:
+        sample = self.ds.samples[index]
+        if self.labels_dir is None:
+            return sample.mask_path
+        return label_path(self.labels_dir, sample.name)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``uint8 (H, W, 3)`` and label ``uint8 (H, W)`` at the original size."""
+        from ..data.io import read_label_map, read_rgb
+
+        sample = self.ds.samples[index]
+        image = read_rgb(sample.image_path)
+        path = self.paths[index]
+        label = read_label_map(path)
+        if label.shape != image.shape[:2]:
+            raise AttnGuideError(
+                f"label map {path} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}; label maps must have "
+                "their image's size")
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+        bad = [int(v) for v in present if self.num_classes < v < IGNORE]
+        if bad:
+            raise AttnGuideError(
+                f"label map {path} holds values {bad[:10]} but the data set has {self.num_classes} "
+                f"classes (valid: 0 background, 1..{self.num_classes}, 255 ignore)")
+        return image, label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as TF
+
+        image, label = self.load(index)
+        img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(label))
+        low, high = self.scales
+        factor = random.uniform(low, high)  # seeded per item by the engine's loader
+        if factor != 1.0:
+            height, width = image.shape[:2]
+            size = [max(1, round(height * factor)), max(1, round(width * factor))]
+            img, mask = TF.resize(img, size, antialias=True), TF.resize(mask, size)  # masks: nearest
+        img, mask = self.geometry(img, mask)
+        return {"image": img.as_subclass(torch.Tensor), "label": mask.as_subclass(torch.Tensor).long(),
+                "index": index}
+
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` returns: the run folder, metrics.jsonl records, best val mIoU."""
+
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float | None = None
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
+def lr_factor(cfg: SegmentConfig, total: int):
+    """The schedule's factor of the base LR at iteration t (see the module doc)."""
+    every = cfg.step_size or max(1, total // 4)
+
+    def factor(t: int) -> float:
+        if cfg.schedule == "poly":
+            return (1 - min(t, total) / total) ** cfg.poly_power
+        return cfg.step_gamma ** (t // every)
+
+    return factor
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+    """Base LR for everything, ``head_lr_mult * lr`` for the last classifier layer."""
+    from ..seg.deeplab import DeepLabLargeFOV
+
+    if isinstance(model, DeepLabLargeFOV):
+        return model.param_groups(lr, head_lr_mult)
+    head = getattr(model, "segmentation_head", None)
+    head_params = list(head.parameters()) if head is not None else []
+    ids = {id(p) for p in head_params}
+    body = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": body, "lr": lr}]
+    if head_params:
+        groups.append({"params": head_params, "lr": lr * head_lr_mult})
+    return groups
+
+
+# ---------------------------------------------------------------------- trainer
+
+
+class SegmentTrainer:
+    """Builds everything from a :class:`SegmentConfig`; :meth:`fit` trains."""
+
+    def __init__(self, cfg: SegmentConfig, reporter=None) -> None:
+        from ..data import open_dataset
+        from ..engine import checkpoint as ckpt_io
+        from ..engine.distributed import resolve_device, setup_distributed
+        from ..engine.loader import EpochBatchSampler, make_loader
+        from ..engine.progress import Reporter
+        from ..engine.trainer import autocast_dtype, seed_everything
+        from ..models import resolve_checkpoint
+        from ..seg.deeplab import create_segmenter
+
+        self.cfg = cfg.validate()
+        self.device = resolve_device(cfg.device)
+        self.dist = setup_distributed(self.device)
+        self.reporter = reporter or Reporter(quiet=cfg.quiet)
+        if not self.dist.is_main:
+            self.reporter = Reporter(self.reporter.console, silent=True)
+        self.run_dir = Path(cfg.out)
+        self.amp_dtype = autocast_dtype(cfg, self.device)  # reads cfg.amp, cfg.amp_dtype
+        seed_everything(cfg.seed)
+
+        # ---- data
+        ds = open_dataset(cfg.data, cfg.train_split, train=False)
+        self.class_names = [BACKGROUND, *ds.class_names]
+        labels_dir = None if cfg.labels.lower() == "gt" else Path(cfg.labels)
+        if labels_dir is not None and not labels_dir.is_dir():
+            raise FileNotFoundError(f"label folder {str(labels_dir)!r} does not exist; pass the --out "
+                                    "folder of 'attnguide pseudo-label', or --labels gt")
+        self.train_set = SegmentationSet(ds, labels_dir, cfg.crop_size, cfg.scales)
+        self.val_ds = None
+        if cfg.val_split:
+            self.val_ds = open_dataset(cfg.data, cfg.val_split, train=False)
+            if self.val_ds.class_names != ds.class_names:
+                raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
+            if not any(s.mask_path is not None for s in self.val_ds.samples):
+                self.reporter.warn(f"split {cfg.val_split!r} has no masks: no val mIoU")
+                self.val_ds = None
+        if cfg.batch_size % self.dist.world_size:
+            raise AttnGuideError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible "
+                                 f"by the {self.dist.world_size} processes")
+        self.local_batch = cfg.batch_size // self.dist.world_size
+        if self.local_batch > len(self.train_set):
+            raise AttnGuideError(f"--batch-size {cfg.batch_size} is larger than the "
+                                 f"{len(self.train_set)} training images")
+        self.sampler = EpochBatchSampler(len(self.train_set), self.local_batch, cfg.seed,
+                                         self.dist.rank, self.dist.world_size)
+        self.loader = make_loader(self.train_set, self.sampler, cfg.seed, cfg.workers,
+                                  pin_memory=self.device.type == "cuda")
+        self.steps_per_epoch = self.sampler.batches_per_epoch()
+        if cfg.iterations is not None:
+            self.total_steps = cfg.iterations
+        else:
+            self.total_steps = (cfg.epochs or 10) * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        # ---- resume: check before building the model
+        self.resume_state = None
+        if cfg.resume:
+            self.resume_path = resolve_checkpoint(cfg.resume, prefer="last")
+            state = ckpt_io.load_checkpoint(self.resume_path)
+            check_segmenter_checkpoint(state, self.resume_path)
+            self._check_compatible(state)
+            self.resume_state = state
+
+        # ---- model
+        self.encoder = cfg.encoder or (None if cfg.arch.lower().replace("_", "-") == DEEPLAB else "resnet50")
+        self.model = create_segmenter(cfg.arch, self.encoder, len(self.class_names),
+                                      None if self.resume_state else cfg.weights)
+        multiple = input_multiple(self.model)
+        if cfg.crop_size % multiple:
+            good = math.ceil(cfg.crop_size / multiple) * multiple
+            raise AttnGuideError(
+                f"--crop-size {cfg.crop_size} is not a multiple of {multiple}, the output stride of "
+                f"{cfg.arch} with encoder {self.encoder}; use --crop-size {good}")
+        self.model.to(self.device)
+        self.module: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.module = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr,
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.total_steps))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, images
+        self.history: list[dict[str, Any]] = []
+        self.best_value: float | None = None
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        cfg = self.cfg
+        where = str(self.resume_path)
+        if list(state["class_names"]) != self.class_names:
+            raise AttnGuideError(f"cannot resume from {where}: its classes {state['class_names'][1:]} differ "
+                                 f"from the data set's {self.class_names[1:]}")
+        encoder = cfg.encoder or (None if cfg.arch.lower().replace("_", "-") == DEEPLAB else "resnet50")
+        if (state["arch"], state.get("encoder")) != (cfg.arch, encoder):
+            raise AttnGuideError(f"cannot resume from {where}: it is --arch {state['arch']} --encoder "
+                                 f"{state.get('encoder')}, not {cfg.arch} {encoder}")
+        if state.get("total_steps") != self.total_steps:
+            self.reporter.warn(f"resuming with {self.total_steps} total iterations instead of "
+                               f"{state.get('total_steps')}: the LR schedule changes")
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        from ..data import IMAGENET_MEAN, IMAGENET_STD
+        from ..engine.checkpoint import rng_state
+
+        return {
+            "kind": SEGMENTER_KIND,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch_sums": self.sums.cpu().tolist(),
+            "history": self.history,
+            "best": {"metric": "val_miou", "value": self.best_value},
+            "arch": self.cfg.arch,
+            "encoder": self.encoder,
+            "class_names": self.class_names,
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "config": {**self.cfg.to_dict(), "resume": None},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from ..engine.checkpoint import set_rng_state
+
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        if self.batch > self.steps_per_epoch:
+            raise AttnGuideError(
+                f"cannot resume: the checkpoint is at batch {self.batch} of an epoch that now has "
+                f"{self.steps_per_epoch} batches; resume with the same --batch-size and data")
+        self.sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=self.device)
+        self.history = list(state.get("history") or [])
+        self.best_value = (state.get("best") or {}).get("value")
+        set_rng_state(state["rng"])
+
+    def save(self, *names: str) -> None:
+        from ..engine.checkpoint import save_checkpoint
+
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(), *[self.run_dir / n for n in names])
+
+    # ------------------------------------------------------------------ running
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def fit(self) -> SegmentResult:
+        import yaml
+
+        from ..engine.checkpoint import atomic_write_bytes
+
+        try:
+            if self.dist.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                text = "# attnguide segment: the resolved options of this run\n" + yaml.safe_dump(
+                    {**self.cfg.to_dict(), "resume": None}, sort_keys=False)
+                atomic_write_bytes(self.run_dir / "segment.yaml", text.encode())
+            if self.resume_state is not None:
+                self.load_state_dict(self.resume_state)
+                self.resume_state = None
+                self.reporter.info(f"resumed from {self.resume_path} at iteration {self.step}/"
+                                   f"{self.total_steps} (epoch {self.epoch + 1}, batch {self.batch})")
+                if self.dist.is_main:
+                    self._write_metrics()
+            elif self.dist.is_main:
+                (self.run_dir / "metrics.jsonl").write_text("")
+            # epochs this run will show: the current one plus what the remaining iterations need
+            left = self.total_steps - self.step + self.batch
+            self.epochs = self.epoch + max(1, math.ceil(left / self.steps_per_epoch))
+            while self.step < self.total_steps:
+                self._train_epoch()
+                record = self._end_epoch()
+                self._epoch_line(record)
+        finally:
+            self.reporter.end_epoch()
+            self.dist.close()
+        return SegmentResult(self.run_dir, self.history, self.best_value)
+
+    def _train_epoch(self) -> None:
+        cfg, device = self.cfg, self.device
+        self.sampler.set_epoch(self.epoch, self.batch)
+        if self.batch == 0:
+            self.sums.zero_()
+        self.model.train()
+        todo = min(self.steps_per_epoch, self.batch + self.total_steps - self.step)
+        self.reporter.start_epoch(self.epoch, self.epochs, todo, self.batch, True)
+        self._start, self._images = time.perf_counter(), 0
+        for batch in self.loader:
+            images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+            labels = batch["label"].to(device, non_blocking=True)  # (B, S, S)
+            with self._autocast():
+                logits = self.module(images)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+            if not torch.isfinite(loss):
+                if bool((labels == IGNORE).all()):
+                    loss = logits.sum() * 0.0  # a batch with every pixel ignored: no signal
+                else:
+                    raise FloatingPointError(f"non-finite loss at iteration {self.step + 1}; lower --lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.batch += 1
+            value = float(loss.detach())
+            self.sums += torch.tensor([value * len(images), len(images)], dtype=torch.float64, device=device)
+            self._images += len(images)
+            ips = self._images * self.dist.world_size / max(time.perf_counter() - self._start, 1e-9)
+            self.reporter.update(value, ips)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                self.save("last.pt")
+            if self.step >= self.total_steps:
+                break
+        self.reporter.end_epoch()
+
+    def _end_epoch(self) -> dict[str, Any]:
+        from ..engine.distributed import all_reduce_sum
+
+        elapsed = time.perf_counter() - self._start
+        sums = all_reduce_sum(self.sums.clone(), self.dist).tolist()
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": sums[0] / max(sums[1], 1.0),
+            "lr": self.scheduler.get_last_lr()[0],
+            "time": elapsed,
+            "images_per_s": self._images * self.dist.world_size / max(elapsed, 1e-9),
+        }
+        if self.dist.is_main and self.val_ds is not None:
+            record.update(self.evaluate())
+        value = record.get("val_miou")
+        improved = (self.dist.is_main and value is not None and not math.isnan(value)
+                    and (self.best_value is None or value > self.best_value))
+        if improved:
+            self.best_value = value
+        record["best"] = bool(improved)
+        self.history.append(record)
+        self.epoch += 1
+        self.batch = 0
+        self.sums.zero_()
+        if self.dist.is_main:
+            self._write_metrics()
+            self.save("last.pt", *(["best.pt"] if improved else []))
+        self.dist.barrier()
+        return record
+
+    def _epoch_line(self, record: dict[str, Any]) -> None:
+        parts = [f"epoch {record['epoch']}/{self.epochs}", f"iter {record['step']}/{self.total_steps}",
+                 f"loss {record['train_loss']:.4f}"]
+        for key, label in (("val_miou", "mIoU"), ("val_miou_crf", "mIoU+CRF")):
+            if record.get(key) is not None:
+                parts.append(f"{label} {100 * record[key]:.2f}")
+        parts.append(f"{record['time']:.1f}s {record['images_per_s']:.1f} img/s")
+        if record.get("best"):
+            parts.append("best")
+        self.reporter.info("  ".join(parts))
+
+    def _write_metrics(self) -> None:
+        from ..engine.checkpoint import atomic_write_bytes
+
+        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
+
+    @torch.no_grad()
+    def evaluate(self, dataset=None) -> dict[str, Any]:
+        """``val_miou``, ``val_pixel_accuracy``, ``val_iou`` (per class, background first)
+        and, with ``crf_eval``, ``val_miou_crf`` / ``val_iou_crf``."""
+        from ..hooks import eval_mode
+
+        ds = dataset if dataset is not None else self.val_ds
+        with eval_mode(self.model), self._autocast():
+            return evaluate_segmenter(self.model, ds, self.class_names, self.device,
+                                      crf_params=parse_crf_params(self.cfg.crf_params) if self.cfg.crf_eval else None,
+                                      crf_workers=self.cfg.crf_workers)
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: nn.Module, dataset, class_names: list[str], device: torch.device,
+                       crf_params=None, crf_workers: int = 0) -> dict[str, Any]:
+    """mIoU of ``model`` on the images of ``dataset`` that have a mask, each at its own size."""
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+    from ..seg.crf import CRFPool
+    from ..seg.evaluate import ConfusionMatrix
+    from .common import to_input
+    from .crf_jobs import refine_scores
+
+    plain, refined = ConfusionMatrix(class_names), ConfusionMatrix(class_names)
+    multiple = input_multiple(model)
+    values = np.arange(len(class_names), dtype=np.uint8)
+    jobs, gts = [], []
+    with CRFPool(crf_workers if crf_params is not None else 0) as pool:
+        for i, sample in enumerate(dataset.samples):
+            if sample.mask_path is None:
+                continue
+            image, gt = dataset.load_raw(i)
+            x = to_input(image, IMAGENET_MEAN, IMAGENET_STD, device)[None]
+            logits = predict_logits(model, x, multiple)[0].float()  # (N, H, W)
+            plain.update(logits.argmax(0).cpu().numpy(), gt)
+            if crf_params is not None:
+                jobs.append((image, logits.softmax(0).cpu().numpy(), values, crf_params, None))
+                gts.append(gt)
+        if jobs:
+            for label, gt in zip(pool.map(refine_scores, jobs), gts):
+                refined.update(label, gt)
+    m = plain.metrics()
+    out: dict[str, Any] = {"val_miou": m.miou, "val_pixel_accuracy": m.pixel_accuracy,
+                           "val_iou": [None if math.isnan(v) else float(v) for v in m.per_class_iou]}
+    if crf_params is not None:
+        r = refined.metrics()
+        out["val_miou_crf"] = r.miou
+        out["val_iou_crf"] = [None if math.isnan(v) else float(v) for v in r.per_class_iou]
+    return out
+
+
+def segment(cfg: SegmentConfig, reporter=None) -> SegmentResult:
+    """Train a segmenter as ``cfg`` says; see :class:`SegmentConfig`.
+
+    Example:
+        >>> res = segment(SegmentConfig(data="data/scenes", labels="pseudo/ext", arch="unet",  # doctest: +SKIP
+        ...                             encoder="resnet18", crop_size=96, epochs=20, out="runs/seg"))
+        >>> res.history[-1]["val_miou"]
+    """
+    return SegmentTrainer(cfg, reporter).fit()

@@ -66,7 +66,7 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 def train_command(data: Path, run: Path, options: dict, seed: int, device: str) -> list[str]:
     cmd = [sys.executable, "-m", "attnguide", "train", "--data", str(data), "--out", str(run),
-           "--seed", str(seed), "--device", device, "--quiet"]
+           "--seed", str(seed), "--device", device, "--quiet", "--overwrite"]
     for key, value in options.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     return cmd

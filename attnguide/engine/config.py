@@ -82,6 +82,7 @@ class TrainConfig:
     # --- evaluation
     cam_threshold: float = 0.15  # background score for CAM mIoU (attention min-max normalised; IRN's 0.15)
     best_metric: str = "auto"  # metric that picks best.pt: auto (val_map / val_accuracy), or a metrics.jsonl key
+    snapshots: int = 8  # attention pictures of N fixed val images after each epoch, RUN/snapshots/epoch_XXX.png (0 = off; needs matplotlib)
 
     # --- run
     out: str = "runs/train"  # run folder: config.yaml, metrics.jsonl, last.pt, best.pt

@@ -397,6 +397,10 @@ class Trainer:
         }
         if self.dist.is_main and self.val_ds is not None:
             record.update(self.evaluate())
+            if self.cfg.snapshots:  # RUN/snapshots/epoch_XXX.png, see attnguide.viz
+                from ..viz import training_snapshot
+
+                training_snapshot(self, record)
         value = record.get(self.best_metric)
         improved = self.dist.is_main and _better(self.best_metric, value, self.best_value)
         if improved:

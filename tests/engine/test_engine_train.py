@@ -50,7 +50,7 @@ def single_scenes(tmp_path_factory) -> Path:
 def _cfg(scenes: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(scenes), model="test_resnet", image_size=64, batch_size=8, epochs=2,
                 warmup_epochs=1, guidance="ext", out=str(out), quiet=True, checkpoint_every=0,
-                device="cpu")
+                device="cpu", snapshots=0)  # snapshots are tested in tests/viz
     base.update(kw)
     return TrainConfig(**base)
 

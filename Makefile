@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) -m attnguide demo demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15

@@ -199,7 +199,7 @@ def _register_module_commands() -> None:
     import importlib
     import importlib.util
 
-    for name in ("attnguide.cli_seg",):  # pseudo-label, segment, evaluate, predict
+    for name in ("attnguide.cli_seg", "attnguide.demo", "attnguide.cli_viz"):  # pseudo-label, segment, evaluate, predict; demo; visualize, plot
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(app)
 

@@ -17,7 +17,13 @@ import torch
 
 from attnguide.data import make_scenes
 from attnguide.engine import TrainConfig, train
-from attnguide.pipeline import PseudoLabelConfig, evaluate_predictions, predict, pseudo_label, segment
+from attnguide.pipeline import (
+    PseudoLabelConfig,
+    evaluate_predictions,
+    predict,
+    pseudo_label,
+    segment,
+)
 from attnguide.pipeline.segmentation import SegmentConfig, config_from_options
 
 

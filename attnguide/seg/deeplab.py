@@ -27,7 +27,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -135,32 +134,12 @@ class LoadReport:
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or ``torch.save`` file (read with ``weights_only=True``).
+    """Tensors of a ``.safetensors`` or ``torch.save`` file (``weights_only=True``), nested
+    ``state_dict``/``model`` entries unwrapped and a ``module.`` prefix (DataParallel)
+    dropped: the same reader as the classifiers' ``--weights``."""
+    from ..models import read_state_dict
 
-    A checkpoint holding ``{"state_dict": ...}`` or ``{"model": ...}`` is
-    unwrapped, and a ``module.`` prefix (DataParallel) is dropped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise AttnGuideError(
-                f"cannot read {str(path)!r} as a weights-only PyTorch state dict ({err}); "
-                "save it with torch.save(model.state_dict(), path) or as .safetensors"
-            ) from err
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise AttnGuideError(f"{str(path)!r} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import AttnGuideError
@@ -100,3 +101,49 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in saved:
             m.training = flag
+
+
+class IsolatedBatchNorm:
+    """While active, every train-mode BatchNorm that runs *after* ``capture``'s layer
+    normalises with its batch statistics held constant in the backward pass.
+
+    Forward values and running statistics are unchanged. Without this, the
+    gradient of the summed scores with respect to one image's activations picks
+    up every other image's score through the batch mean and variance, so batched
+    Grad-CAM weights would mix images; with it, each image's gradient is its own
+    (as in eval mode). The hooks live only inside the ``with`` block.
+    """
+
+    def __init__(self, model: nn.Module, capture: ActivationCapture) -> None:
+        self.model, self.capture = model, capture
+        self.isolated = 0
+        self._handles: list = []
+
+    def _hook(self, module: nn.modules.batchnorm._BatchNorm, inputs, output):
+        if self.capture.calls == 0 or not module.training or not isinstance(output, Tensor):
+            return None
+        x = inputs[0].float()  # under autocast the input may be half precision
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims).detach()
+        var = x.var(dim=dims, unbiased=False).detach()
+        weight = None if module.weight is None else module.weight.float()
+        bias = None if module.bias is None else module.bias.float()
+        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, module.eps).to(output.dtype)
+        for name in ("drop", "act"):  # timm's BatchNormAct2d: norm, then dropout, then activation
+            extra = getattr(module, name, None)
+            if isinstance(extra, nn.Module):
+                y = extra(y)
+        self.isolated += 1
+        return y
+
+    def __enter__(self) -> IsolatedBatchNorm:
+        self.isolated = 0
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                self._handles.append(m.register_forward_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

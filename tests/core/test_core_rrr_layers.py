@@ -7,6 +7,7 @@ import warnings
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from core_models import TinyNet
 
 from attnguide import ActivationCapture, GuidedAttention
@@ -84,3 +85,39 @@ def test_coarse_map_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         guide.attention(images)
+
+
+def test_batchnorm_after_the_layer_does_not_mix_images():
+    """Train-mode BN after layer2: an image's attention must not depend on the other
+    images' labels (it does when the batch statistics pass gradient between images)."""
+    model = timm.create_model("resnet18", num_classes=5).train()
+    images = torch.randn(6, 3, 64, 64)
+    labels = torch.eye(5)[[0, 1, 2, 3, 4, 0]]
+    masks = torch.full((6, 64, 64), 255)
+    others = labels.clone()
+    others[1:] = labels[1:].roll(1, dims=1)
+    got = {}
+    for isolate in (True, False):
+        guide = GuidedAttention(model, layer="layer2", isolate_batchnorm=isolate, alpha=0, omega=1)
+        a, b = guide(images, labels, masks), guide(images, others, masks)
+        got[isolate] = (a.attention[0] - b.attention[0]).abs().max().item()
+        assert torch.allclose(a.losses["cls"], F.binary_cross_entropy_with_logits(a.logits, labels))
+    assert got[True] < 1e-6 < 1e-2 < got[False]
+
+
+def test_attention_is_float32_under_autocast():
+    model = timm.create_model("resnet18", num_classes=3)
+    guide = GuidedAttention(model, layer="layer3")
+    images = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = guide(images, torch.eye(3)[[0, 2]])
+        maps = guide.attention(images, resize=True, normalize=True)
+    assert out.attention.dtype == torch.float32 and maps.dtype == torch.float32
+
+
+def test_guided_step_under_inference_mode_is_a_clear_error():
+    from attnguide import AttnGuideError
+
+    guide = GuidedAttention(TinyNet(), layer="features")
+    with pytest.raises(AttnGuideError, match="inference_mode"), torch.inference_mode():
+        guide(torch.randn(2, 3, 16, 16), torch.eye(3)[[0, 1]])

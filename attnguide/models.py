@@ -353,8 +353,9 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
         "max_pairs_per_image": config.get("max_pairs_per_image"),
         "detach_weights": config.get("detach_weights", False),
     }
-    if config.get("area_weight"):
-        kwargs["area_weight"] = config["area_weight"]
+    for name in ("area_weight", "rrr_weight"):
+        if config.get(name):
+            kwargs[name] = config[name]
     kwargs.update(config.get("guide_options") or {})
     return kwargs
 

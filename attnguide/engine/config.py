@@ -60,6 +60,7 @@ class TrainConfig:
     detach_weights: bool = False  # no second-order gradient through the CAM weights (cheaper)
     max_pairs_per_image: int | None = None  # cap on (image, class) pairs per image (None = all)
     area_weight: float = 0.0  # weight of a penalty on the erased area (0 = off)
+    rrr_weight: float = 0.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (needs --guidance ext; 0 = off)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
 
     # --- optimisation
@@ -113,7 +114,8 @@ class TrainConfig:
         for name in ("warmup_epochs", "workers", "checkpoint_every", "lr_warmup_steps", "step_epochs"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight"):
+        for name in ("lr", "alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
+                     "rrr_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         if self.lr == 0:

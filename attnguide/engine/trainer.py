@@ -59,7 +59,7 @@ from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
 
 IGNORE = 255
-SUM_KEYS = ("loss", "cls", "am", "ext", "area", "attention_area", "images")
+SUM_KEYS = ("loss", "cls", "am", "ext", "area", "attention_area", "rrr", "images")
 
 
 @dataclass
@@ -95,6 +95,8 @@ def _pixel_labels(value: str | None) -> int | str | None:
     if value is None:
         return None
     text = str(value).strip()
+    if text.lower() in ("all", "none", ""):
+        return None
     if text.isdigit():
         return int(text)
     return text
@@ -226,6 +228,7 @@ class Trainer:
         if self.best_metric == "auto":
             self.best_metric = ("val_map" if self.multilabel else "val_accuracy") if self.val_ds else "train_loss"
         self.best_value: float | None = None
+        self.best_guided = False  # whether best.pt comes from a guided epoch
         self.tb = None
 
     # ------------------------------------------------------------------ state
@@ -244,7 +247,8 @@ class Trainer:
             "step": self.step,
             "epoch_sums": self.sums.cpu().tolist(),
             "history": self.history,
-            "best": {"metric": self.best_metric, "value": self.best_value},
+            "best": {"metric": self.best_metric, "value": self.best_value,
+                     "guided": self.best_guided},
             "model_name": self.cfg.model,
             "class_names": self.class_names,
             "multilabel": self.multilabel,
@@ -266,6 +270,7 @@ class Trainer:
         best = state.get("best") or {}
         if best.get("metric") == self.best_metric:
             self.best_value = best.get("value")
+            self.best_guided = bool(best.get("guided", False))
         if self.batch > self.steps_per_epoch:
             raise AttnGuideError(
                 f"cannot resume: the checkpoint is at batch {self.batch} of an epoch that now has "
@@ -363,6 +368,7 @@ class Trainer:
                     out.loss.detach().double() * n, out.losses["cls"].detach().double() * n,
                     out.losses["am"].detach().double() * n, out.losses["ext"].detach().double() * n,
                     out.losses["area"].detach().double() * n, area.detach().double() * n,
+                    out.losses.get("rrr", out.losses["area"] * 0).detach().double() * n,
                     torch.tensor(float(n), dtype=torch.float64, device=device)])
             del out
             elapsed = time.perf_counter() - self._epoch_start
@@ -390,6 +396,7 @@ class Trainer:
             "train_loss_am": sums[2] / count,
             "train_loss_ext": sums[3] / count,
             "train_loss_area": sums[4] / count,
+            "train_loss_rrr": sums[6] / count,
             "attention_area": sums[5] / count if guided else None,
             "lr": self.scheduler.get_last_lr()[0],
             "time": elapsed,
@@ -402,9 +409,14 @@ class Trainer:
 
                 training_snapshot(self, record)
         value = record.get(self.best_metric)
-        improved = self.dist.is_main and _better(self.best_metric, value, self.best_value)
+        # best.pt: a guided epoch outranks every warm-up epoch, whatever their metrics
+        guided = self.cfg.guidance == "none" or bool(record["guided"])
+        if guided and not self.best_guided:
+            self.best_value = None
+        improved = (self.dist.is_main and (guided or not self.best_guided)
+                    and _better(self.best_metric, value, self.best_value))
         if improved:
-            self.best_value = value
+            self.best_value, self.best_guided = value, guided
         record["best"] = bool(improved)
         self.history.append(record)
         self.epoch += 1

@@ -171,3 +171,12 @@ def test_ddp_two_gloo_processes_match_one_process(single_scenes, tmp_path):
     assert moved > 1e-3  # the steps changed the weights
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5), key
+
+
+def test_best_checkpoint_comes_from_a_guided_epoch_and_rrr_is_logged(scenes, tmp_path):
+    """A warm-up epoch may have the better metric, but best.pt must hold guided weights."""
+    result = train(_cfg(scenes, tmp_path / "run", rrr_weight=0.5, pixel_labels="all"))
+    first, second = result.history
+    assert not first["guided"] and second["guided"]
+    assert second["best"] and result.best_value == second[result.best_metric]
+    assert first["train_loss_rrr"] == 0 and second["train_loss_rrr"] > 0

@@ -9,6 +9,7 @@ its own process (``--parallel`` at a time); seeds give the spread.
 
     python benchmarks/scenes/run.py --out runs/scenes-bench --seeds 0 1 2 --write
     python benchmarks/scenes/run.py --rows baseline ext10 --set epochs=4 --set lr=3e-4
+    python benchmarks/scenes/run.py --rows baseline gain ext10 --pseudo   # + pseudo-label mIoU
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ ROWS = {
     "ext2": ("GAIN_ext, 2% pixel labels", {"guidance": "ext", "pixel_labels": "2%"}),
     "ext10": ("GAIN_ext, 10% pixel labels", {"guidance": "ext", "pixel_labels": "10%"}),
     "ext100": ("GAIN_ext, 100% pixel labels", {"guidance": "ext", "pixel_labels": "100%"}),
+    "rrr100": ("RRR, 100% pixel labels",
+               {"guidance": "ext", "pixel_labels": "100%", "alpha": 0, "omega": 0, "rrr_weight": 1.0}),
     "oracle": ("oracle (trained without the shortcut)",
                {"guidance": "none", "train_split": "train_unbiased"}),
 }
 
 COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"), ("test_cam_miou", "CAM mIoU"),
            ("test_attention_inside", "attention inside")]
+PSEUDO_COLUMNS = [("pseudo_miou", "pseudo-label mIoU"), ("pseudo_miou_crf", "with CRF")]
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -88,6 +92,18 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
     return {k.replace("val_", "test_"): v for k, v in metrics.items()}
 
 
+def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
+    """Pseudo-label mIoU of the run's attention on the training split (true masks),
+    without and with dense CRF."""
+    from attnguide.pipeline import PseudoLabelConfig, pseudo_label
+
+    res = pseudo_label(PseudoLabelConfig(run=str(run / "last.pt"), data=str(data), split="train",
+                                         out=str(run / "pseudo"), scales=(1.0, 1.5), crf=crf,
+                                         device=device, quiet=True, resume=True))
+    return {"pseudo_miou": res.metrics.miou if res.metrics else None,
+            "pseudo_miou_crf": res.crf_metrics.miou if res.crf_metrics else None}
+
+
 def summarise(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -106,8 +122,11 @@ def main(argv=None) -> None:
     p.add_argument("--scenes", action="append", default=[], help="make_scenes option, key=value")
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", type=int, default=1, help="training processes at a time")
+    p.add_argument("--pseudo", action="store_true",
+                   help="also score each run's pseudo labels of the train split, with and without CRF")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
+    columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else [])
 
     from attnguide.data import make_scenes
 
@@ -127,11 +146,13 @@ def main(argv=None) -> None:
         if proc.wait() != 0:
             raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
         metrics = test_metrics(run, data, args.device)
+        if args.pseudo:
+            metrics.update(pseudo_metrics(run, data, args.device, crf=True))
         metrics["seconds"] = time.time() - t0
         (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         results[row].append(metrics)
-        print(f"{row:9s} seed {seed}: " + ", ".join(f"{name} {metrics.get(key, float('nan')):.3f}"
-              for key, name in COLUMNS) + f" ({metrics['seconds']:.0f} s)", flush=True)
+        print(f"{row:9s} seed {seed}: " + ", ".join(f"{name} {metrics.get(key) or float('nan'):.3f}"
+              for key, name in columns) + f" ({metrics['seconds']:.0f} s)", flush=True)
 
     for row, seed in jobs:
         while len(running) >= args.parallel:
@@ -149,10 +170,10 @@ def main(argv=None) -> None:
     for job in running:
         finish(job)
 
-    lines = ["| row | " + " | ".join(name for _, name in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
+    lines = ["| row | " + " | ".join(name for _, name in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for row in args.rows:
-        cells = [summarise([m[key] for m in results[row] if m.get(key) is not None]) for key, _ in COLUMNS]
+        cells = [summarise([m[key] for m in results[row] if m.get(key) is not None]) for key, _ in columns]
         lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

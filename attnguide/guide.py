@@ -460,8 +460,8 @@ class GuidedAttention(nn.Module):
             warnings.warn(
                 f"layer {self.layer_name!r} gives a {h}x{w} attention map for "
                 f"{images.shape[-2]}x{images.shape[-1]} images: too coarse to follow objects; "
-                "use layer='auto' (the deepest stage with at least 7x7 cells), an earlier "
-                "layer, or larger images", stacklevel=4)
+                "feed larger images (or drop down-scaled passes), or watch an earlier layer "
+                "(layer='auto' picks the deepest stage with at least 7x7 cells)", stacklevel=4)
         return cap.output
 
     def _spatial(self, tensor: Tensor, images: Tensor) -> Tensor:

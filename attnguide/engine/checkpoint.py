@@ -155,3 +155,27 @@ def check_compatible(ckpt: dict[str, Any], path: str | Path, *, model_name: str,
         raise AttnGuideError(
             f"cannot resume from {where}: it was trained {kind}; set --data-mode to match"
         )
+
+
+def restore_loop_state(loop, state: dict[str, Any]) -> None:
+    """Restore what every training loop keeps (``attnguide train`` and ``segment``):
+    model, optimizer, scheduler, grad scaler, epoch/batch/step counters, the epoch's
+    running sums, the metric history and the random generators.
+
+    ``loop`` has the attributes ``model``, ``optimizer``, ``scheduler``, ``scaler``,
+    ``steps_per_epoch`` and ``device``; a checkpoint taken mid-epoch must fit the
+    current number of batches per epoch.
+    """
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    if loop.scaler is not None and state.get("scaler"):
+        loop.scaler.load_state_dict(state["scaler"])
+    loop.epoch, loop.batch, loop.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+    if loop.batch > loop.steps_per_epoch:
+        raise AttnGuideError(
+            f"cannot resume: the checkpoint is at batch {loop.batch} of an epoch that now has "
+            f"{loop.steps_per_epoch} batches; resume with the same --batch-size and data")
+    loop.sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=loop.device)
+    loop.history = list(state.get("history") or [])
+    set_rng_state(state["rng"])

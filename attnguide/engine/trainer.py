@@ -259,23 +259,11 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        self.sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=self.device)
-        self.history = list(state.get("history") or [])
+        ckpt_io.restore_loop_state(self, state)
         best = state.get("best") or {}
         if best.get("metric") == self.best_metric:
             self.best_value = best.get("value")
             self.best_guided = bool(best.get("guided", False))
-        if self.batch > self.steps_per_epoch:
-            raise AttnGuideError(
-                f"cannot resume: the checkpoint is at batch {self.batch} of an epoch that now has "
-                f"{self.steps_per_epoch} batches; resume with the same --batch-size and data")
-        ckpt_io.set_rng_state(state["rng"])
 
     def save(self, *names: str) -> None:
         if self.dist.is_main:

@@ -450,22 +450,10 @@ class SegmentTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from ..engine.checkpoint import set_rng_state
+        from ..engine.checkpoint import restore_loop_state
 
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        if self.batch > self.steps_per_epoch:
-            raise AttnGuideError(
-                f"cannot resume: the checkpoint is at batch {self.batch} of an epoch that now has "
-                f"{self.steps_per_epoch} batches; resume with the same --batch-size and data")
-        self.sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=self.device)
-        self.history = list(state.get("history") or [])
+        restore_loop_state(self, state)
         self.best_value = (state.get("best") or {}).get("value")
-        set_rng_state(state["rng"])
 
     def save(self, *names: str) -> None:
         from ..engine.checkpoint import save_checkpoint

@@ -50,6 +50,17 @@ def make_labels(batch: int, classes: int, k: int, generator: torch.Generator) ->
     return labels
 
 
+def timed_step(opt, loss_fn, device: str) -> float:
+    """Seconds for one optimiser step: ``loss_fn()``, backward, ``opt.step()``."""
+    opt.zero_grad(set_to_none=True)
+    sync(device)
+    t0 = time.perf_counter()
+    loss_fn().backward()
+    opt.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def graph_bytes(fn) -> tuple[int, torch.Tensor]:
     """Bytes of the distinct storages the autograd graph saves while ``fn`` runs:
     the memory a step holds at its peak, before backward, beyond the model itself."""
@@ -84,13 +95,7 @@ def step_table(args) -> list[str]:
             return guide(images, labels).loss
 
     def run(fn):
-        opt.zero_grad(set_to_none=True)
-        sync(device)
-        t0 = time.perf_counter()
-        fn().backward()
-        opt.step()
-        sync(device)
-        return time.perf_counter() - t0
+        return timed_step(opt, fn, device)
 
     rows = []
     for k in args.k:
@@ -178,13 +183,7 @@ def ports_table(args) -> list[str]:
         labels = make_labels(args.batch, 20, k, gen).to(device)
 
         def run(fn):
-            opt.zero_grad(set_to_none=True)
-            sync(device)
-            t0 = time.perf_counter()
-            fn().backward()
-            opt.step()
-            sync(device)
-            return time.perf_counter() - t0
+            return timed_step(opt, fn, device)
 
         ours = lambda labels=labels: guide(images, labels).loss  # noqa: E731
         loop = lambda labels=labels: ports_step(model, images, labels)  # noqa: E731

@@ -37,17 +37,12 @@ from .layers import (
     resolve_layer,
     to_spatial,
 )
-from .losses import (
-    IGNORE,
-    SCORES,
-    area_loss,
-    attention_ext_loss,
-    attention_mining_loss,
-    classification_loss,
-    input_gradient_loss,
-    wide,
-)
+from .losses import IGNORE, SCORES, area_loss, classification_loss, wide
 from .masks import resolve_mask
+from .terms import Step, Term, as_term, term_name
+
+BUILTIN_REPORTED = ("am", "ext", "rrr", "area")
+"""Terms always present in ``GuideOutput.losses`` (0 when off), for steady logs."""
 
 
 @dataclass
@@ -154,6 +149,11 @@ class GuidedAttention(nn.Module):
             the squared input gradient of the summed log-probabilities that falls
             on background pixels (0 = off). Independent of image size and logit
             scale. Costs a double backward through the whole model.
+        terms: more supervision terms, ``{name or callable: weight}``: names from
+            ``attnguide.terms.TERMS`` (``"ext_all"``: L_e over every class) or
+            your own ``step -> scalar`` functions (see `attnguide.terms`). A name
+            given here overrides alpha/omega/rrr_weight/area_weight (``"am"``,
+            ``"ext"``, ``"rrr"``, ``"area"``).
         layout: how to read the layer's output: ``"auto"``, ``"NCHW"``,
             ``"NHWC"``, ``"tokens"``, or a callable ``tensor -> (B, K, h, w)``.
         check_finite: raise ``FloatingPointError`` naming the term when the loss
@@ -185,6 +185,7 @@ class GuidedAttention(nn.Module):
         fill: float = 0.0,
         area_weight: float = 0.0,
         rrr_weight: float = 0.0,
+        terms: Mapping[str | Callable, float] | None = None,
         layout: str | Callable[[Tensor], Tensor] = "auto",
         check_finite: bool = True,
     ) -> None:
@@ -211,6 +212,14 @@ class GuidedAttention(nn.Module):
         self.mask = resolve_mask(mask)
         self.alpha, self.omega, self.area_weight = float(alpha), float(omega), float(area_weight)
         self.rrr_weight = float(rrr_weight)
+        self.terms: dict[str, tuple[Term, float]] = {}
+        weights = {"am": alpha, "ext": omega, "rrr": rrr_weight, "area": area_weight,
+                   **(terms or {})}
+        for spec, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise AttnGuideError(f"the weight of term {term_name(spec)!r} must be a number "
+                                     f">= 0, got {weight!r}")
+            self.terms[term_name(spec)] = (as_term(spec), float(weight))
         self.am_score = am_score
         self.freeze_bn = freeze_bn
         self.isolate_batchnorm = isolate_batchnorm
@@ -265,24 +274,17 @@ class GuidedAttention(nn.Module):
         labels = _check_labels(labels, images.shape[0])
         if masks is not None:
             _check_masks(masks, images)
-        use_masks = masks is not None and self.omega > 0
         training = torch.is_grad_enabled()
-        use_rrr = guidance and masks is not None and self.rrr_weight > 0 and training
-        needs_cam = guidance and (self.alpha > 0 or use_masks or self.area_weight > 0)
-        if use_rrr:  # a leaf of our own, so the user's tensor is left as it is
-            images = images.detach().requires_grad_(True)
+        terms = self._active_terms(guidance, masks is not None, training)
+        needs_cam = any(term.attention for _, term, _ in terms)
+        if any(term.input_grad for _, term, _ in terms):
+            images = images.detach().requires_grad_(True)  # our own leaf; the user's is untouched
         if not needs_cam:
             logits = extract_logits(self.model(images))
             _check_label_range(labels, logits)
-            loss = classification_loss(logits, labels)
-            zero = loss.new_zeros(())
-            losses = {"cls": loss, "am": zero, "ext": zero, "rrr": zero, "area": zero}
-            if use_rrr:
+            if masks is not None:
                 _check_mask_values(masks, logits.shape[1])
-                losses["rrr"] = self._rrr(images, logits, labels, masks)
-                loss = loss + self.rrr_weight * losses["rrr"]
-            self._raise_if_not_finite(loss, losses)
-            return GuideOutput(loss=loss, logits=logits, losses=losses)
+            return self._combine(Step(self, images, labels, masks, logits), terms)
 
         self._ensure_layer(images)
         # Under torch.no_grad() (a validation loss, say) record a graph only from the
@@ -297,45 +299,27 @@ class GuidedAttention(nn.Module):
         _check_label_range(labels, logits)
         if masks is not None:
             _check_mask_values(masks, logits.shape[1])
-        loss_cls = classification_loss(logits, labels)
-        zero = loss_cls.new_zeros(())
         pairs = self._pairs(labels)  # (P, 2)
-        b, c = pairs[:, 0], pairs[:, 1]
+        size = tuple(images.shape[-2:])
+        if len(pairs):
+            raw = self._pair_maps(feats, logits, pairs, size, create_graph=create_graph)  # (P, h, w)
+            with _full_precision(images):
+                attention = normalize_maps(upsample_maps(raw, size))  # (P, H, W)
+                soft = self.mask(attention)  # (P, H, W)
+        else:  # no positive class anywhere: nothing to attend to
+            attention = soft = images.new_zeros(0, *size, dtype=torch.float32)
 
-        loss_rrr = self._rrr(images, logits, labels, masks) if use_rrr else zero
-        if len(pairs) == 0:  # no positive class anywhere: nothing to attend to
-            losses = {"cls": loss_cls, "am": zero, "ext": zero, "rrr": loss_rrr, "area": zero}
-            loss = loss_cls + self.rrr_weight * loss_rrr
-            return GuideOutput(loss, logits, losses, images.new_zeros(0, *images.shape[2:]),
-                               pairs, {"attention_area": zero.detach(), "pairs": zero.detach()})
+        def class_maps(_images: Tensor) -> Tensor:
+            return self._class_maps(feats, logits, size, create_graph)
 
-        raw = self._pair_maps(feats, logits, pairs, images.shape[-2:],
-                              create_graph=create_graph)  # (P, h, w)
-        with _full_precision(images):
-            attention = normalize_maps(upsample_maps(raw, tuple(images.shape[-2:])))  # (P, H, W)
-            soft = self.mask(attention)  # (P, H, W)
-
-        loss_am = zero
-        if self.alpha > 0:
-            erased = _Erase.apply(images, b, soft, self.fill)  # (P, 3, H, W): one forward
-            with frozen_batchnorm(self.model, self.freeze_bn):
-                erased_logits = extract_logits(self.model(erased))
-            score = self.am_score if self.am_score != "auto" else (
-                "sigmoid" if labels.dim() == 2 else "softmax")
-            loss_am = attention_mining_loss(erased_logits, c, score)
-        loss_ext = attention_ext_loss(attention, masks[b], c) if use_masks else zero
-        loss_area = area_loss(soft)
-        loss = loss_cls + self.alpha * loss_am + self.omega * loss_ext
-        if self.area_weight:
-            loss = loss + self.area_weight * loss_area
-        if use_rrr:
-            loss = loss + self.rrr_weight * loss_rrr
-        losses = {"cls": loss_cls, "am": loss_am, "ext": loss_ext, "rrr": loss_rrr,
-                  "area": loss_area}
-        self._raise_if_not_finite(loss, losses)
-        stats = {"attention_area": loss_area.detach(),
-                 "pairs": torch.tensor(float(len(pairs)), device=loss.device)}
-        return GuideOutput(loss, logits, losses, attention, pairs, stats)
+        step = Step(self, images, labels, masks, logits, pairs, attention, soft, class_maps)
+        out = self._combine(step, terms)
+        out.attention, out.pairs = attention, pairs
+        if all(name != "area" for name, _, _ in terms):  # reported even when off
+            out.losses["area"] = area_loss(soft)
+        out.stats = {"attention_area": out.losses["area"].detach(),
+                     "pairs": torch.tensor(float(len(pairs)), device=out.loss.device)}
+        return out
 
     def attention(
         self,
@@ -432,12 +416,46 @@ class GuidedAttention(nn.Module):
             self.layer_name, module = found or probe_last_spatial_layer(self.model, images)
             self._set_layer(module)
 
-    def _rrr(self, images: Tensor, logits: Tensor, labels: Tensor, masks: Tensor) -> Tensor:
-        """Input-gradient supervision of the summed log-probabilities (all classes)."""
-        logits = wide(logits)
-        log_probs = F.logsigmoid(logits) if labels.dim() == 2 else F.log_softmax(logits, dim=1)
-        (grads,) = torch.autograd.grad(log_probs.sum(), images, create_graph=True)
-        return input_gradient_loss(grads, masks)
+    def _active_terms(self, guidance: bool, has_masks: bool, training: bool):
+        """(name, term, weight) of the terms this step computes."""
+        if not guidance:
+            return []
+        return [(name, term, w) for name, (term, w) in self.terms.items()
+                if w > 0 and (has_masks or not term.masks) and (training or not term.input_grad)]
+
+    def _combine(self, step: Step, terms) -> GuideOutput:
+        """``L_cl + sum weight * term``; every built-in term is reported (0 when off)."""
+        loss_cls = classification_loss(step.logits, step.labels)
+        zero = loss_cls.new_zeros(())
+        losses = {"cls": loss_cls, **dict.fromkeys(BUILTIN_REPORTED, zero)}
+        loss = loss_cls
+        for name, term, weight in terms:
+            value = term(step)
+            losses[name] = value
+            loss = loss + weight * value
+        self._raise_if_not_finite(loss, losses)
+        return GuideOutput(loss=loss, logits=step.logits, losses=losses)
+
+    def _erased_logits(self, images: Tensor, pairs: Tensor, soft: Tensor) -> Tensor:
+        """Logits of every pair's erased image, ``I* = I - T(A) (I - fill)``: one forward."""
+        return self._extra_logits(_Erase.apply(images, pairs[:, 0], soft, self.fill))
+
+    def _extra_logits(self, images: Tensor) -> Tensor:
+        """Logits of altered (out-of-distribution) images: BatchNorm frozen if asked."""
+        with frozen_batchnorm(self.model, self.freeze_bn):
+            return extract_logits(self.model(images))
+
+    def _class_maps(self, feats: Tensor, logits: Tensor, size, create_graph: bool) -> Tensor:
+        """(B, C, H, W) attention of every class, each image's maps divided by their
+        joint maximum: absent classes keep their (small) scale relative to present ones."""
+        B, C = logits.shape
+        pairs = torch.cartesian_prod(torch.arange(B, device=logits.device),
+                                     torch.arange(C, device=logits.device))
+        raw = self._pair_maps(feats, logits, pairs, size, create_graph=create_graph)
+        with _full_precision(raw):
+            maps = upsample_maps(wide(raw).view(B, C, *raw.shape[-2:]), size).clamp_min(0)
+            top = maps.flatten(1).max(dim=1).values.clamp_min(1e-8)
+            return maps / top[:, None, None, None]
 
     def _captured(self, cap: ActivationCapture, images: Tensor) -> Tensor:
         if cap.calls != 1:

@@ -67,6 +67,48 @@ def attention_ext_loss(attention: Tensor, masks: Tensor, classes: Tensor) -> Ten
     return per_pair.mean()
 
 
+def all_class_ext_loss(attention: Tensor, masks: Tensor) -> Tensor:
+    """L_e over every class: the attention of each class must match its own mask,
+    so attention of *any* class outside its object (background included) is
+    penalised, and absent classes must attend nowhere.
+
+    attention (B, C, H, W) in [0, 1], masks (B, H, W) int64 (c + 1 = class c, 255
+    ignore). Per image: squared errors summed over classes, averaged over valid
+    pixels; images without a valid pixel add nothing (0 when none has one).
+    """
+    valid = masks != IGNORE  # (B, H, W)
+    n_valid = valid.flatten(1).sum(1)
+    has_mask = n_valid > 0
+    if not bool(has_mask.any()):
+        return wide(attention.new_zeros(()))
+    attention = wide(attention)
+    values = torch.arange(1, attention.shape[1] + 1, device=masks.device)
+    target = (masks[:, None] == values[None, :, None, None]).to(attention.dtype)
+    err = (attention - target).pow(2).sum(1) * valid  # (B, H, W)
+    return (err.flatten(1).sum(1)[has_mask] / n_valid[has_mask]).mean()
+
+
+def background_invariance_loss(clean_logits: Tensor, object_logits: Tensor,
+                               labels: Tensor) -> Tensor:
+    """The prediction must come from the objects: on the image with its background
+    erased the classifier must still be right (L_cl), and on the full image it must
+    agree with that object-only prediction (a consistency term whose target is held
+    constant), so a shortcut in the background cannot change the output.
+
+    clean_logits, object_logits (N, C); labels (N, C) multi-hot or (N,) indices.
+    """
+    if clean_logits.shape[0] == 0:
+        return wide(clean_logits.new_zeros(()))
+    clean, obj = wide(clean_logits), wide(object_logits)
+    if labels.dim() == 2:
+        agree = F.binary_cross_entropy_with_logits(clean, torch.sigmoid(obj).detach())
+        agree = agree - F.binary_cross_entropy_with_logits(obj.detach(), torch.sigmoid(obj).detach())
+    else:
+        target = F.log_softmax(obj, dim=1).detach()
+        agree = F.kl_div(F.log_softmax(clean, dim=1), target, log_target=True, reduction="batchmean")
+    return classification_loss(obj, labels) + agree
+
+
 def area_loss(soft_masks: Tensor) -> Tensor:
     """Mean erased area: a penalty against attention spread over the whole image."""
     if soft_masks.numel() == 0:

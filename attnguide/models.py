@@ -342,20 +342,32 @@ class TrainedModel:
 
 def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[str, Any]:
     """GuidedAttention keyword arguments from a training config dict."""
+    from .engine.config import guidance_parts
+
+    parts = guidance_parts(config.get("guidance", "self"))
+    omega = config.get("omega", 10.0) if "ext" in parts else 0.0
     kwargs = {
         "layer": layer if layer is not None else config.get("layer"),
         "cam": config.get("cam", "gradcam"),
         "mask": _mask_from_config(config),
-        "alpha": config.get("alpha", 1.0),
-        "omega": config.get("omega", 10.0),
+        "alpha": config.get("alpha", 1.0) if parts & {"self", "ext"} else 0.0,
+        "omega": omega,
         "am_score": config.get("am_score", "auto"),
         "freeze_bn": config.get("freeze_bn", True),
         "max_pairs_per_image": config.get("max_pairs_per_image"),
         "detach_weights": config.get("detach_weights", False),
     }
-    for name in ("area_weight", "rrr_weight"):
-        if config.get(name):
-            kwargs[name] = config[name]
+    terms = {}
+    if config.get("ext_classes", "target") == "all" and omega:
+        kwargs["omega"], terms["ext_all"] = 0.0, omega
+    if "bg" in parts:
+        terms["bg"] = config.get("bg_weight", 1.0)
+    if terms:
+        kwargs["terms"] = terms
+    if "rrr" in parts:
+        kwargs["rrr_weight"] = config.get("rrr_weight", 1.0)
+    if config.get("area_weight"):
+        kwargs["area_weight"] = config["area_weight"]
     kwargs.update(config.get("guide_options") or {})
     return kwargs
 

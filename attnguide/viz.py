@@ -48,7 +48,8 @@ CELL_PX = 160
 _DPI = 100
 _HEADER = 0.5  # header band height, in cells
 _TITLE = 0.25  # title band above each row's images, in cells
-_GUIDANCE = {"none": "no guidance", "self": "GAIN (self-guided)", "ext": "GAIN_ext (pixel masks)"}
+_GUIDANCE = {"none": "no guidance", "self": "GAIN (self-guided)", "ext": "GAIN_ext (pixel masks)",
+             "rrr": "RRR (input gradients)", "ext+rrr": "GAIN_ext + RRR"}
 
 #: metrics.jsonl key -> panel title, in drawing order (keys a run lacks are skipped).
 CURVES: dict[str, str] = {

@@ -19,7 +19,9 @@ from typing import Any
 
 from ..errors import AttnGuideError
 
-GUIDANCE = ("none", "self", "ext")
+GUIDANCE_PARTS = ("self", "ext", "rrr", "bg")
+"""``--guidance`` is ``none`` or a '+'-joined set of these (``ext+rrr``)."""
+EXT_CLASSES = ("target", "all")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "step", "constant")
 AMP_DTYPES = ("auto", "bf16", "fp16")
@@ -47,7 +49,7 @@ class TrainConfig:
     layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
 
     # --- guided attention (GAIN)
-    guidance: str = "self"  # none (plain classifier), self (L_cl + alpha L_am), ext (+ omega L_e)
+    guidance: str = "self"  # none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); or joined: ext+bg. ext, rrr, bg need masks
     warmup_epochs: int = 1  # classification-only epochs before L_am is switched on
     alpha: float = 1.0  # weight of the attention-mining loss L_am (paper: 1)
     omega: float = 10.0  # weight of the pixel-mask loss L_e of GAIN_ext (paper: 10)
@@ -60,7 +62,9 @@ class TrainConfig:
     detach_weights: bool = False  # no second-order gradient through the CAM weights (cheaper)
     max_pairs_per_image: int | None = None  # cap on (image, class) pairs per image (None = all)
     area_weight: float = 0.0  # weight of a penalty on the erased area (0 = off)
-    rrr_weight: float = 0.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (needs --guidance ext; 0 = off)
+    ext_classes: str = "target"  # L_e on the positive classes' attention (target, the paper) or every class's, absent ones too (all)
+    rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
+    bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
 
     # --- optimisation
@@ -101,7 +105,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check choices and ranges; return self."""
-        _choice("guidance", self.guidance, GUIDANCE)
+        guidance_parts(self.guidance)
+        _choice("ext_classes", self.ext_classes, EXT_CLASSES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
@@ -115,7 +120,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
-                     "rrr_weight"):
+                     "rrr_weight", "bg_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         if self.lr == 0:
@@ -126,9 +131,32 @@ class TrainConfig:
             raise AttnGuideError("pass either --weights PATH or --pretrained, not both")
         if self.best_metric not in BEST_METRICS and not self.best_metric.startswith("val_"):
             raise AttnGuideError(f"--best-metric must be one of {', '.join(BEST_METRICS)} or a val_* key")
-        if self.guidance == "ext" and self.omega == 0:
+        parts = guidance_parts(self.guidance)
+        if "ext" in parts and self.omega == 0:
             raise AttnGuideError("--guidance ext with --omega 0 is GAIN_self: use --guidance self")
+        if "bg" in parts and self.bg_weight == 0:
+            raise AttnGuideError("--guidance bg with --bg-weight 0 adds nothing: give a weight > 0")
+        if "rrr" in parts and self.rrr_weight == 0:
+            raise AttnGuideError("--guidance rrr with --rrr-weight 0 adds nothing: give a weight > 0")
         return self
+
+
+def guidance_parts(guidance: str) -> frozenset[str]:
+    """``"ext+rrr"`` -> {"ext", "rrr"}; ``"none"`` -> {}. Raises on unknown parts."""
+    if guidance == "none":
+        return frozenset()
+    parts = [p.strip() for p in str(guidance).split("+")]
+    bad = [p for p in parts if p not in GUIDANCE_PARTS]
+    if bad or not parts:
+        raise AttnGuideError(
+            f"--guidance must be none or a '+'-joined set of {', '.join(GUIDANCE_PARTS)} "
+            f"(e.g. ext+rrr), got {guidance!r}")
+    return frozenset(parts)
+
+
+def needs_masks(guidance: str) -> bool:
+    """Whether a guidance uses pixel masks (L_e or RRR)."""
+    return bool(guidance_parts(guidance) & {"ext", "rrr", "bg"})
 
 
 def _opt(name: str) -> str:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..errors import AttnGuideError
 from ..models import create_model, guide_kwargs, resolve_checkpoint
 from . import checkpoint as ckpt_io
-from .config import TrainConfig, save_config
+from .config import TrainConfig, needs_masks, save_config
 from .distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
 from .loader import EpochBatchSampler, make_loader
 from .metrics import (
@@ -60,6 +60,7 @@ from .progress import Reporter
 
 IGNORE = 255
 SUM_KEYS = ("loss", "cls", "am", "ext", "area", "attention_area", "rrr", "images")
+"""Running sums of an epoch; terms beyond the built-in ones (ext_all, bg) follow "images"."""
 
 
 @dataclass
@@ -162,9 +163,9 @@ class Trainer:
                                        mode="multi" if self.multilabel else "single")
             if list(self.val_ds.class_names) != self.class_names:
                 raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
-        if cfg.guidance == "ext" and not self.train_ds.pixel_labelled:
+        if needs_masks(cfg.guidance) and not self.train_ds.pixel_labelled:
             raise AttnGuideError(
-                f"--guidance ext needs pixel masks, but no image of split {cfg.train_split!r} has one "
+                f"--guidance {cfg.guidance} needs pixel masks, but no image of split {cfg.train_split!r} has one "
                 "selected (see --pixel-labels); add masks or use --guidance self")
         if cfg.batch_size % self.dist.world_size:
             raise AttnGuideError(
@@ -222,7 +223,9 @@ class Trainer:
 
         # ---- progress state
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
+        self.extra_terms = [name for name in self.guide.terms if name not in SUM_KEYS]
+        self.sums = torch.zeros(len(SUM_KEYS) + len(self.extra_terms), dtype=torch.float64,
+                                device=self.device)
         self.history: list[dict[str, Any]] = []
         self.best_metric = cfg.best_metric
         if self.best_metric == "auto":
@@ -326,7 +329,7 @@ class Trainer:
             if not self.multilabel:
                 labels = labels.argmax(dim=1)
             masks = None
-            if guided and cfg.guidance == "ext" and bool(batch["pixel_label"].any()):
+            if guided and needs_masks(cfg.guidance) and bool(batch["pixel_label"].any()):
                 keep = batch["pixel_label"][:, None, None]
                 masks = torch.where(keep, batch["mask"], torch.full_like(batch["mask"], IGNORE))
                 masks = masks.to(device, non_blocking=True)
@@ -352,19 +355,18 @@ class Trainer:
             self._epoch_images += n
             area = out.stats.get("attention_area", out.losses["area"]) if out.stats else out.losses["area"]
             with torch.no_grad():
-                self.sums += torch.stack([
-                    out.loss.detach().double() * n, out.losses["cls"].detach().double() * n,
-                    out.losses["am"].detach().double() * n, out.losses["ext"].detach().double() * n,
-                    out.losses["area"].detach().double() * n, area.detach().double() * n,
-                    out.losses.get("rrr", out.losses["area"] * 0).detach().double() * n,
-                    torch.tensor(float(n), dtype=torch.float64, device=device)])
+                zero = out.losses["cls"].detach() * 0
+                values = [out.loss, out.losses["cls"], out.losses["am"], out.losses["ext"],
+                          out.losses["area"], area, out.losses.get("rrr", zero), zero + 1,
+                          *(out.losses.get(name, zero) for name in self.extra_terms)]
+                self.sums += torch.stack([v.detach().double() for v in values]) * n
             del out
             elapsed = time.perf_counter() - self._epoch_start
             ips = self._epoch_images * self.dist.world_size / max(elapsed, 1e-9)
             if self.reporter.bar:
-                self.reporter.update(float(self.sums[0] / self.sums[-1]), ips)
+                self.reporter.update(float(self.sums[0] / self.sums[7]), ips)
             if self.tb is not None:
-                self.tb.add_scalar("train/loss_step", float(self.sums[0] / self.sums[-1]), self.step)
+                self.tb.add_scalar("train/loss_step", float(self.sums[0] / self.sums[7]), self.step)
                 self.tb.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save("last.pt")
@@ -373,7 +375,7 @@ class Trainer:
     def _end_epoch(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._epoch_start
         sums = all_reduce_sum(self.sums.clone(), self.dist).tolist()
-        count = max(sums[-1], 1.0)
+        count = max(sums[SUM_KEYS.index("images")], 1.0)
         guided = self._guided(self.epoch)
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
@@ -386,6 +388,8 @@ class Trainer:
             "train_loss_area": sums[4] / count,
             "train_loss_rrr": sums[6] / count,
             "attention_area": sums[5] / count if guided else None,
+            **{f"train_loss_{name}": sums[len(SUM_KEYS) + i] / count
+               for i, name in enumerate(self.extra_terms)},
             "lr": self.scheduler.get_last_lr()[0],
             "time": elapsed,
             "images_per_s": self._epoch_images * self.dist.world_size / max(elapsed, 1e-9),

@@ -47,10 +47,25 @@ ROWS = {
     "ext2": ("GAIN_ext, 2% pixel labels", {"guidance": "ext", "pixel_labels": "2%"}),
     "ext10": ("GAIN_ext, 10% pixel labels", {"guidance": "ext", "pixel_labels": "10%"}),
     "ext100": ("GAIN_ext, 100% pixel labels", {"guidance": "ext", "pixel_labels": "100%"}),
-    "rrr100": ("RRR, 100% pixel labels",
-               {"guidance": "ext", "pixel_labels": "100%", "alpha": 0, "omega": 0, "rrr_weight": 1.0}),
+    "extall10": ("L_e over every class (alpha=0), 10% pixel labels",
+                 {"guidance": "ext", "pixel_labels": "10%", "alpha": 0, "ext_classes": "all"}),
+    "extall100": ("L_e over every class (alpha=0), 100% pixel labels",
+                  {"guidance": "ext", "pixel_labels": "100%", "alpha": 0, "ext_classes": "all"}),
+    "rrr100": ("RRR, 100% pixel labels", {"guidance": "rrr", "pixel_labels": "100%"}),
+    "bg10": ("background invariance, 10% pixel labels", {"guidance": "bg", "pixel_labels": "10%"}),
+    "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),
     "oracle": ("oracle (trained without the shortcut)",
                {"guidance": "none", "train_split": "train_unbiased"}),
+}
+
+# --preset NAME: scenes and training settings of a named experiment (before --scenes/--set).
+PRESETS = {
+    # Issue 7's decoy: single-label, shared colours (only the shape names the class), a corner
+    # cue that names the class in every train image and is random in val/test; 64 px, CPU-sized.
+    "cue": ({"bias": "cue", "bias_strength": 1.0, "colours": "shared", "min_objects": 1,
+             "max_objects": 1, "image_size": 64, "n_train": 1000, "n_val": 100, "n_test": 300},
+            {"model": "resnet10t", "image_size": 64, "epochs": 15, "warmup_epochs": 0,
+             "batch_size": 16, "snapshots": 0}),
 }
 
 COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"), ("test_cam_miou", "CAM mIoU"),
@@ -120,20 +135,25 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--set", action="append", default=[], help="override a training option, key=value")
     p.add_argument("--scenes", action="append", default=[], help="make_scenes option, key=value")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="named experiment: its scenes and training settings")
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", type=int, default=1, help="training processes at a time")
     p.add_argument("--pseudo", action="store_true",
                    help="also score each run's pseudo labels of the train split, with and without CRF")
+    p.add_argument("--rerun", action="store_true",
+                   help="train again rows that already have OUT/ROW-sSEED/test_metrics.json")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else [])
 
     from attnguide.data import make_scenes
 
+    preset_scenes, preset_train = PRESETS[args.preset] if args.preset else ({}, {})
     scene_opts = {k: (int(v) if v.isdigit() else (float(v) if v.replace(".", "", 1).isdigit() else v))
                   for k, v in parse_sets(args.scenes).items()}
-    data = args.data or make_scenes(args.out / "scenes", **scene_opts)
-    common = {**COMMON, **parse_sets(args.set)}
+    data = args.data or make_scenes(args.out / "scenes", **{**preset_scenes, **scene_opts})
+    common = {**COMMON, **preset_train, **parse_sets(args.set)}
 
     jobs = [(row, seed) for row in args.rows for seed in args.seeds]
     running: list[tuple[str, int, subprocess.Popen, float]] = []
@@ -155,6 +175,10 @@ def main(argv=None) -> None:
               for key, name in columns) + f" ({metrics['seconds']:.0f} s)", flush=True)
 
     for row, seed in jobs:
+        done_file = args.out / f"{row}-s{seed}" / "test_metrics.json"
+        if done_file.exists() and not args.rerun:  # finished in an earlier call: reuse it
+            results[row].append(json.loads(done_file.read_text()))
+            continue
         while len(running) >= args.parallel:
             done = next((j for j in running if j[2].poll() is not None), None)
             if done is None:

@@ -174,9 +174,13 @@ def test_ddp_two_gloo_processes_match_one_process(single_scenes, tmp_path):
 
 
 def test_best_checkpoint_comes_from_a_guided_epoch_and_rrr_is_logged(scenes, tmp_path):
-    """A warm-up epoch may have the better metric, but best.pt must hold guided weights."""
-    result = train(_cfg(scenes, tmp_path / "run", rrr_weight=0.5, pixel_labels="all"))
+    """A warm-up epoch may have the better metric, but best.pt must hold guided weights;
+    every term of a joined guidance is logged, extra registry terms included."""
+    result = train(_cfg(scenes, tmp_path / "run", guidance="ext+rrr+bg", rrr_weight=0.5,
+                        pixel_labels="all"))
     first, second = result.history
     assert not first["guided"] and second["guided"]
     assert second["best"] and result.best_value == second[result.best_metric]
     assert first["train_loss_rrr"] == 0 and second["train_loss_rrr"] > 0
+    assert first["train_loss_bg"] == 0 and second["train_loss_bg"] > 0
+    assert second["train_loss_ext"] > 0 and second["train_loss_am"] > 0

@@ -1,0 +1,224 @@
+"""Supervision terms: what a guided step adds to the classification loss L_cl.
+
+``GuidedAttention`` computes ``L = L_cl + sum_t weight_t * term_t(step)``. A term
+is a function of one `Step` (the batch, its logits and, computed only when a term
+asks for them, the attention maps, the erased images' logits and the input
+gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
+
+========  =====================================================================
+``am``     GAIN's attention mining L_am: the score of class c on the image with
+           c's attention erased (self-guidance; needs no masks).
+``ext``    GAIN_ext's L_e: squared error between the attention of each positive
+           class and its pixel mask (images with a mask only).
+``ext_all`` L_e over *every* class: the attention of any class, present or not,
+           outside its own mask is penalised, background included (images with a
+           mask only; one more CAM gradient per class).
+``rrr``    "Right for the Right Reasons" (Ross et al. 2017): the share of the
+           input gradient of the summed log-probabilities on background pixels
+           (images with a mask only; no CAM, a double backward through the model).
+``area``   mean erased area T(A): against attention that covers the whole image.
+``bg``     background invariance: with everything outside the objects erased the
+           classifier must still be right, and on the full image it must agree
+           with that object-only prediction (images with a mask only; one more
+           forward, no CAM, no second order). A counterfactual rather than an
+           attention map: it removes shortcuts that Grad-CAM does not show.
+========  =====================================================================
+
+Your own term is any callable ``step -> scalar tensor``; wrap it in `Term` to say
+what it reads (by default it may read the attention maps)::
+
+    def outside_box(step):            # attention must stay in the left half
+        return step.attention[..., step.attention.shape[-1] // 2:].mean()
+
+    guide = GuidedAttention(model, terms={"ext": 10.0, outside_box: 1.0})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import AttnGuideError
+from .losses import (
+    IGNORE,
+    all_class_ext_loss,
+    area_loss,
+    attention_ext_loss,
+    attention_mining_loss,
+    background_invariance_loss,
+    input_gradient_loss,
+    wide,
+)
+from .registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .guide import GuidedAttention
+
+
+@dataclass(frozen=True)
+class Term:
+    """A supervision term and what it reads, so a step computes only what is needed.
+
+    Attributes:
+        fn: ``step -> scalar tensor``.
+        attention: reads the attention maps (``step.attention``, ``step.soft``,
+            ``step.erased_logits()``, ``step.class_attention()``): the step then
+            captures the layer and computes CAMs.
+        masks: needs pixel masks; skipped (0) in batches without them.
+        input_grad: reads ``step.input_grad()`` (the images become a leaf that
+            requires grad before the forward pass).
+    """
+
+    fn: Callable[[Step], Tensor]
+    attention: bool = True
+    masks: bool = False
+    input_grad: bool = False
+
+    def __call__(self, step: Step) -> Tensor:
+        return self.fn(step)
+
+
+TERMS = Registry("supervision term")
+"""Name -> `Term`; ``GuidedAttention(terms={name: weight})``."""
+
+
+def as_term(spec: str | Term | Callable[[Step], Tensor]) -> Term:
+    """A `Term` from a registered name, a `Term`, or a plain callable (reads attention)."""
+    if isinstance(spec, Term):
+        return spec
+    if isinstance(spec, str):
+        return TERMS.get(spec)
+    if callable(spec):
+        return Term(spec)
+    raise AttnGuideError(f"a supervision term is a name in {TERMS.names()} or a callable, "
+                         f"not {type(spec).__name__}")
+
+
+def term_name(spec: Any) -> str:
+    """The key under which a term's value is reported in ``GuideOutput.losses``."""
+    if isinstance(spec, str):
+        return spec
+    fn = spec.fn if isinstance(spec, Term) else spec
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+class Step:
+    """What a supervision term can read in one guided step.
+
+    Attributes:
+        guide: the `GuidedAttention` module (``guide.model`` is the classifier).
+        images: (B, 3, H, W); a leaf that requires grad when a term reads input gradients.
+        labels: (B, C) multi-hot floats or (B,) class indices.
+        masks: (B, H, W) int64 pixel labels (0 background, c + 1 class c, 255 ignore) or None.
+        logits: (B, C) logits of the clean images.
+        pairs: (P, 2) ``(image, class)`` of each positive label (None without attention).
+        attention: (P, H, W) normalised attention of each pair (None without attention).
+        soft: (P, H, W) erasing masks T(attention) (None without attention).
+    """
+
+    def __init__(self, guide: GuidedAttention, images: Tensor, labels: Tensor,
+                 masks: Tensor | None, logits: Tensor, pairs: Tensor | None = None,
+                 attention: Tensor | None = None, soft: Tensor | None = None,
+                 class_maps: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.guide, self.images, self.labels, self.masks = guide, images, labels, masks
+        self.logits, self.pairs, self.attention, self.soft = logits, pairs, attention, soft
+        self._class_maps = class_maps
+        self._cache: dict[str, Tensor] = {}
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.dim() == 2
+
+    def erased_logits(self) -> Tensor:
+        """(P, C) logits of the erased images ``I*`` of every pair: one batched forward."""
+        if "erased" not in self._cache:
+            self._cache["erased"] = self.guide._erased_logits(self.images, self.pairs, self.soft)
+        return self._cache["erased"]
+
+    def class_attention(self) -> Tensor:
+        """(B, C, H, W) attention of every class on every image, each image's maps
+        divided by their joint maximum (so absent classes stay near 0)."""
+        if "classes" not in self._cache:
+            if self._class_maps is None:
+                raise AttnGuideError("class_attention() needs a term declared with attention=True")
+            self._cache["classes"] = self._class_maps(self.images)
+        return self._cache["classes"]
+
+    def input_grad(self) -> Tensor:
+        """(B, 3, H, W) gradient of the summed log-probabilities w.r.t. the images
+        (with a graph, so a loss on it trains the model)."""
+        if "input_grad" not in self._cache:
+            if not self.images.requires_grad:
+                raise AttnGuideError("input_grad() needs a term declared with input_grad=True")
+            logits = wide(self.logits)
+            log_probs = F.logsigmoid(logits) if self.multilabel else F.log_softmax(logits, dim=1)
+            (grad,) = torch.autograd.grad(log_probs.sum(), self.images, create_graph=True)
+            self._cache["input_grad"] = grad
+        return self._cache["input_grad"]
+
+    def object_logits(self) -> tuple[Tensor, Tensor]:
+        """``(index, logits)``: the images with a labelled pixel and their (N, C) logits
+        with the background (mask 0) erased to the guide's fill value."""
+        if "objects" not in self._cache:
+            index = (self.masks != IGNORE).flatten(1).any(1).nonzero().squeeze(1)
+            keep = (self.masks[index] != 0).unsqueeze(1)  # objects and ignored pixels stay
+            images = self.images[index]
+            objects = torch.where(keep, images, torch.full_like(images, self.guide.fill))
+            self._cache["objects"] = (index, self.guide._extra_logits(objects))
+        return self._cache["objects"]
+
+    def pair_masks(self) -> Tensor:
+        """(P, H, W) the pixel mask of each pair's image."""
+        return self.masks[self.pairs[:, 0]]
+
+
+def _zero(step: Step) -> Tensor:
+    return wide(step.logits.new_zeros(()))
+
+
+def _am(step: Step) -> Tensor:
+    if len(step.pairs) == 0:
+        return _zero(step)
+    score = step.guide.am_score
+    if score == "auto":
+        score = "sigmoid" if step.multilabel else "softmax"
+    return attention_mining_loss(step.erased_logits(), step.pairs[:, 1], score)
+
+
+def _ext(step: Step) -> Tensor:
+    if len(step.pairs) == 0:
+        return _zero(step)
+    return attention_ext_loss(step.attention, step.pair_masks(), step.pairs[:, 1])
+
+
+def _ext_all(step: Step) -> Tensor:
+    labelled = (step.masks != IGNORE).flatten(1).any(1)
+    if not bool(labelled.any()):
+        return _zero(step)
+    return all_class_ext_loss(step.class_attention(), step.masks)
+
+
+def _rrr(step: Step) -> Tensor:
+    return input_gradient_loss(step.input_grad(), step.masks)
+
+
+def _bg(step: Step) -> Tensor:
+    index, logits = step.object_logits()
+    return background_invariance_loss(step.logits[index], logits, step.labels[index])
+
+
+def _area(step: Step) -> Tensor:
+    return area_loss(step.soft) if len(step.pairs) else _zero(step)
+
+
+TERMS.register("am")(Term(_am))
+TERMS.register("ext")(Term(_ext, masks=True))
+TERMS.register("ext_all")(Term(_ext_all, masks=True))
+TERMS.register("rrr")(Term(_rrr, attention=False, masks=True, input_grad=True))
+TERMS.register("area")(Term(_area))
+TERMS.register("bg")(Term(_bg, attention=False, masks=True))

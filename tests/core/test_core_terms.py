@@ -1,0 +1,97 @@
+"""The supervision-term registry: built-in names, L_e over every class, user callables,
+and what each step computes (nothing a term does not read)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from core_models import TinyNet
+
+from attnguide import ActivationCapture, AttnGuideError, GuidedAttention
+from attnguide.engine.config import TrainConfig, guidance_parts
+from attnguide.losses import all_class_ext_loss
+from attnguide.models import guide_kwargs
+from attnguide.terms import TERMS, Term
+
+
+def _batch(n=4, classes=3, size=16):
+    torch.manual_seed(0)
+    images = torch.randn(n, 3, size, size)
+    labels = torch.eye(classes)[torch.arange(n) % classes]
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    masks[:, 4:12, 4:12] = (labels.argmax(1) + 1)[:, None, None]
+    return images, labels, masks
+
+
+def test_builtin_names_and_unknown_name():
+    assert {"am", "ext", "ext_all", "rrr", "area"} <= set(TERMS.names())
+    with pytest.raises(AttnGuideError, match="ext_all"):
+        GuidedAttention(TinyNet(), layer="features", terms={"ext_al": 1.0})
+    with pytest.raises(AttnGuideError, match=">= 0"):
+        GuidedAttention(TinyNet(), layer="features", terms={"ext_all": -1.0})
+
+
+def test_all_class_ext_loss_by_hand():
+    # one image, 2 classes, 2x2 pixels: class 0 covers pixel (0, 0); (1, 1) is ignored
+    masks = torch.tensor([[[1, 0], [0, 255]]])
+    attention = torch.zeros(1, 2, 2, 2)
+    attention[0, 0] = torch.tensor([[1.0, 0.5], [0.0, 9.0]])  # 0.5 outside its mask
+    attention[0, 1] = torch.tensor([[0.0, 0.0], [1.0, 9.0]])  # absent class attends at (1, 0)
+    # per pixel summed over classes: (0,0) 0, (0,1) 0.25, (1,0) 1; 3 valid pixels
+    assert all_class_ext_loss(attention, masks).item() == pytest.approx(1.25 / 3)
+    assert all_class_ext_loss(attention, torch.full_like(masks, 255)).item() == 0
+
+
+def test_ext_all_penalises_absent_classes_and_trains():
+    images, labels, masks = _batch()
+    model = TinyNet()
+    out = GuidedAttention(model, layer="features", alpha=0, omega=0,
+                          terms={"ext_all": 1.0})(images, labels, masks)
+    assert out.losses["ext_all"] > 0 and out.losses["ext"] == 0
+    assert torch.allclose(out.loss, out.losses["cls"] + out.losses["ext_all"])
+    out.loss.backward()
+    assert model.fc.weight.grad.abs().sum() > 0
+    # without masks the term is skipped, not an error
+    out = GuidedAttention(model, layer="features", terms={"ext_all": 1.0})(images, labels)
+    assert out.losses["ext_all"] == 0 if "ext_all" in out.losses else True
+
+
+def test_user_callable_term_sees_the_step():
+    images, labels, masks = _batch()
+    seen = {}
+
+    def left_half(step):
+        seen["attention"] = step.attention.shape
+        seen["erased"] = step.erased_logits().shape
+        return step.attention[..., step.attention.shape[-1] // 2:].mean()
+
+    guide = GuidedAttention(TinyNet(), layer="features", alpha=0, omega=0, terms={left_half: 0.5})
+    out = guide(images, labels, masks)
+    assert seen == {"attention": (4, 16, 16), "erased": (4, 3)}
+    assert torch.allclose(out.loss, out.losses["cls"] + 0.5 * out.losses["left_half"])
+
+
+def test_term_that_reads_no_attention_captures_nothing(monkeypatch):
+    images, labels, masks = _batch()
+    calls = []
+    monkeypatch.setattr(ActivationCapture, "__enter__", lambda self: calls.append(1) or self)
+    logit_norm = Term(lambda step: step.logits.pow(2).mean(), attention=False)
+    out = GuidedAttention(TinyNet(), layer="features", alpha=0, omega=0,
+                          terms={logit_norm: 0.1})(images, labels)
+    assert calls == [] and out.attention is None
+    assert out.loss > out.losses["cls"]
+
+
+def test_guidance_parts_and_guide_kwargs():
+    assert guidance_parts("none") == frozenset()
+    assert guidance_parts("ext+rrr") == {"ext", "rrr"}
+    with pytest.raises(AttnGuideError, match="'\\+'-joined"):
+        guidance_parts("ext+xyz")
+    rrr = guide_kwargs(TrainConfig(data="x", guidance="rrr").to_dict())
+    assert rrr["alpha"] == 0 and rrr["omega"] == 0 and rrr["rrr_weight"] == 1.0
+    both = guide_kwargs(TrainConfig(data="x", guidance="ext+rrr", ext_classes="all",
+                                    omega=5.0).to_dict())
+    assert both["alpha"] == 1.0 and both["omega"] == 0 and both["terms"] == {"ext_all": 5.0}
+    assert "rrr_weight" not in guide_kwargs(TrainConfig(data="x", guidance="ext").to_dict())
+    with pytest.raises(AttnGuideError, match="rrr-weight 0"):
+        TrainConfig(data="x", guidance="rrr", rrr_weight=0).validate()

@@ -5,6 +5,7 @@
     attnguide pseudo-label RUN --data PATH --split train --out DIR [--scales 1.0,0.5,1.5,2.0]
                            [--flip] [--bg threshold:0.15 | --bg power:4] [--crf] [--workers N] [--resume]
     attnguide segment --data PATH --labels DIR --arch deeplabv3plus --encoder resnet50 --out RUN ...
+                      [--mode sec --fg-fraction 0.2 --bg-threshold 0.05 --constrain-weight 1]
     attnguide evaluate --pred DIR --data PATH --split val [--json FILE] [--markdown FILE]
     attnguide predict RUN --images DIR_OR_FILES --out DIR [--overlay]
 
@@ -161,12 +162,16 @@ def segment_command(**options: Any) -> None:
     Any segmentation-models-pytorch architecture and encoder (timm encoders as
     tu-NAME), or deeplab-largefov (DeepLab v1, VGG16). Random scale, crop and
     flip; label 255 ignored; poly or step LR; val mIoU after every epoch.
+    --mode sec trains with SEC's seed, expand and constrain losses on the CAMs
+    of 'pseudo-label --save-cams' instead (GAIN's segmentation stage).
 
     Examples:
 
       attnguide segment --data data/scenes --labels pseudo/ext/crf --arch deeplabv3plus --encoder resnet50 --out runs/seg
 
       attnguide segment --data data/scenes --labels gt --arch deeplab-largefov --weights vgg16.pth --iterations 8000 --out runs/upper
+
+      attnguide segment --mode sec --data data/scenes --labels pseudo/ext --arch deeplab-largefov --weights vgg16.pth --out runs/sec
 
       attnguide segment --resume runs/seg --epochs 20
     """

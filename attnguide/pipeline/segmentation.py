@@ -1,10 +1,22 @@
 """``attnguide segment``: train a segmenter on pseudo labels (or on the ground truth).
 
-One iteration::
+One iteration of ``mode="pseudo"`` (the default)::
 
     images (B, 3, S, S), labels (B, S, S) in 0..C or 255 (ignored)
     loss = cross_entropy(model(images), labels, ignore_index=255)
     loss.backward(); optimizer.step(); scheduler.step()
+
+``mode="sec"`` trains with SEC's losses (seed, expand, constrain;
+:mod:`attnguide.seg.sec`), as GAIN did with its attention as SEC's cues::
+
+    cues (B, S, S): seed_cues of the image's saved CAMs (pseudo-label --save-cams),
+        class c where its CAM > fg_fraction x its max, background where every
+        CAM < bg_threshold x its max, 255 elsewhere; same geometry as the image
+    logits (B, C + 1, h, w) at stride 8 (DeepLab-LargeFOV's fc8; other archs:
+        their full-size logits average-pooled by 8), cues resized to (h, w) (nearest)
+    loss = seeding_loss(logits, cues)
+         + expansion_loss(logits, image labels, fg_decay, bg_decay)      # GWRP
+         + constrain_weight * constrain_loss(logits, images)             # dense CRF
 
 Data: each training image and its label map (``labels/<name>.png`` written by
 ``attnguide pseudo-label``, or the data set's masks with ``labels="gt"``, the
@@ -54,6 +66,8 @@ from .common import BACKGROUND, IGNORE, label_path, parse_crf_params, require_cr
 from .inference import SEGMENTER_KIND, check_segmenter_checkpoint, input_multiple, predict_logits
 
 SCHEDULES = ("poly", "step")
+MODES = ("pseudo", "sec")
+SEC_PARTS = ("seed", "expand", "constrain")  # metrics.jsonl: train_seed, train_expand, train_constrain
 AMP_DTYPES = ("auto", "bf16", "fp16")
 DEEPLAB = "deeplab-largefov"
 
@@ -63,9 +77,10 @@ class SegmentConfig:
     """Options of ``attnguide segment`` (field comments are the CLI help)."""
 
     # --- data
-    data: str = ""  # data set folder (images, classes and the val masks)
-    labels: str = ""  # folder of pseudo-label PNGs (attnguide pseudo-label --out), or "gt" (upper bound)
-    train_split: str = "train"  # split to train on (its images must all have a label PNG)
+    data: str = ""  # data set folder (images, classes, image-level labels and the val masks)
+    labels: str = ""  # folder of pseudo-label PNGs (attnguide pseudo-label --out, or its crf/), or "gt" (upper bound); --mode sec: the pseudo-label --out folder holding cams/
+    mode: str = "pseudo"  # pseudo (cross-entropy on the label PNGs) or sec (SEC's seed + expand + constrain losses on the CAMs of 'pseudo-label --save-cams')
+    train_split: str = "train"  # split to train on (its images must all have a label PNG, or CAMs with --mode sec)
     val_split: str = "val"  # split with masks for the per-epoch mIoU ("" = none)
     crop_size: int = 320  # side of the random training crops (DeepLab v1: 321; most smp archs: a multiple of 16 or 32)
     scale_range: str = "0.5,1.5"  # random rescaling factor range "MIN,MAX" before the crop
@@ -91,10 +106,17 @@ class SegmentConfig:
     amp: bool = False  # autocast: bf16 on CPU; fp16 (with a grad scaler) or bf16 on CUDA
     amp_dtype: str = "auto"  # auto (CPU bf16, CUDA fp16), bf16 or fp16
 
+    # --- seed, expand, constrain (--mode sec)
+    fg_fraction: float = 0.2  # foreground cue of a class: pixels above this fraction of the class's max attention (GAIN, SEC: 0.2)
+    bg_threshold: float = 0.05  # background cue: pixels where every class's attention is below this fraction of its max (GAIN used a saliency network instead)
+    fg_decay: float = 0.996  # GWRP decay of the expand loss for the image's classes (SEC: 0.996)
+    bg_decay: float = 0.999  # GWRP decay of the expand loss for the background (SEC: 0.999)
+    constrain_weight: float = 1.0  # weight of the constrain-to-boundary loss, a dense CRF per image and iteration (slow on CPU; 0 drops it and the CRF)
+
     # --- evaluation
     crf_eval: bool = False  # also report val mIoU after dense-CRF post-processing (val_miou_crf)
     crf_params: str = "deeplab"  # CRF preset irn, psa or deeplab (DeepLab-v1), then overrides
-    crf_workers: int = 0  # CRF worker processes for crf_eval
+    crf_workers: int = 0  # CRF worker processes for crf_eval and the constrain loss of --mode sec
 
     # --- run
     out: str = "runs/segment"  # run folder: segment.yaml, metrics.jsonl, last.pt, best.pt
@@ -123,6 +145,10 @@ class SegmentConfig:
             raise AttnGuideError("pass the data set with --data PATH")
         if not self.labels:
             raise AttnGuideError("pass --labels DIR (pseudo-label PNGs) or --labels gt (ground truth)")
+        if self.mode not in MODES:
+            raise AttnGuideError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "sec":
+            self._validate_sec()
         if self.schedule not in SCHEDULES:
             raise AttnGuideError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.amp_dtype not in AMP_DTYPES:
@@ -149,6 +175,29 @@ class SegmentConfig:
             parse_crf_params(self.crf_params)
             require_crf("--crf-eval")
         return self
+
+    def _validate_sec(self) -> None:
+        if self.labels.lower() == "gt":
+            raise AttnGuideError("--mode sec trains on the CAMs of 'attnguide pseudo-label --save-cams', "
+                                 "not on ground truth: pass --labels PSEUDO_DIR, or --mode pseudo with --labels gt")
+        if not 0.0 < self.fg_fraction < 1.0:
+            raise AttnGuideError(f"--fg-fraction must lie in (0, 1), got {self.fg_fraction}")
+        if not 0.0 <= self.bg_threshold <= self.fg_fraction:
+            raise AttnGuideError(f"--bg-threshold must lie in [0, --fg-fraction {self.fg_fraction}], "
+                                 f"got {self.bg_threshold}")
+        for name in ("fg_decay", "bg_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(self, name)}")
+        if self.constrain_weight < 0:
+            raise AttnGuideError(f"--constrain-weight must be >= 0, got {self.constrain_weight}")
+        if self.constrain_weight > 0:
+            try:
+                import pydensecrf.densecrf  # noqa: F401
+            except ImportError:
+                raise AttnGuideError(
+                    "the constrain loss of --mode sec needs pydensecrf, which is not installed: pip "
+                    "install 'attnguide[crf]' (the pydensecrf2 package), or pass --constrain-weight 0 "
+                    "to train with the seed and expand losses only") from None
 
 
 def config_from_options(options: dict[str, Any]) -> SegmentConfig:
@@ -201,6 +250,10 @@ class SegmentationSet(Dataset):
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
         self.paths = [self.label_file(i) for i in range(len(ds))]
+        self._check_files()
+
+    def _check_files(self) -> None:
+        ds, labels_dir = self.ds, self.labels_dir
         if labels_dir is None:
             unlabelled = [s.name for s in ds.samples if s.mask_path is None]
             if unlabelled:
@@ -209,13 +262,15 @@ class SegmentationSet(Dataset):
                     f"{len(unlabelled)} have none (e.g. {', '.join(unlabelled[:5])}); "
                     "train on pseudo labels with --labels DIR")
         else:
-            missing = [s.name for s, p in zip(ds.samples, self.paths) if not p.is_file()]
+            missing = self._missing()
             if missing:
-                shown = ", ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
                 raise AttnGuideError(
                     f"label folder {str(labels_dir)!r} lacks {len(missing)} of the {len(ds)} label maps "
-                    f"of split {ds.split!r}: {shown}; run 'attnguide pseudo-label RUN --data "
+                    f"of split {ds.split!r}: {_shown(missing)}; run 'attnguide pseudo-label RUN --data "
                     f"{ds.root} --split {ds.split} --out {labels_dir}' (with --resume to complete it)")
+
+    def _missing(self) -> list[str]:
+        return [s.name for s, p in zip(self.ds.samples, self.paths) if not p.is_file()]
 
     def label_file(self, index: int) -> Path:
         sample = self.ds.samples[index]
@@ -251,7 +306,7 @@ class SegmentationSet(Dataset):
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as TF
 
-        image, label = self.load(index)
+        image, label = self.load(index)  # (H, W, 3), (H, W)
         img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(label))
         low, high = self.scales
@@ -263,6 +318,122 @@ class SegmentationSet(Dataset):
         img, mask = self.geometry(img, mask)
         return {"image": img.as_subclass(torch.Tensor), "label": mask.as_subclass(torch.Tensor).long(),
                 "index": index}
+
+
+def _shown(names: list[str], limit: int = 10) -> str:
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def cams_folder(labels: str | Path) -> Path:
+    """The folder of ``<name>.npz`` CAMs for ``--mode sec``: ``LABELS/cams`` (what
+    ``attnguide pseudo-label --save-cams`` writes), or ``LABELS`` itself when it holds them."""
+    labels = Path(labels)
+    if (labels / "cams").is_dir():
+        return labels / "cams"
+    if labels.is_dir() and next(labels.rglob("*.npz"), None) is not None:
+        return labels
+    raise AttnGuideError(
+        f"--mode sec reads the CAMs that 'attnguide pseudo-label --save-cams' writes to OUT/cams/, but "
+        f"{str(labels)!r} has no cams/ folder and no .npz file; rerun pseudo-label with --save-cams "
+        f"--resume --out {labels}, or train on its label PNGs with --mode pseudo")
+
+
+class CueSet(SegmentationSet):
+    """SEC's training items: images with localisation cues from saved CAMs.
+
+    The cue map of an image is :func:`attnguide.seg.pseudo.seed_cues` of its
+    ``cams/<name>.npz`` (``cams (K, H, W)`` in [0, 1], ``classes (K,)``),
+    computed at the image's size and then cropped, scaled and flipped with the
+    image as the label map of :class:`SegmentationSet` is (255 = no cue, also
+    in the padding). Items: ``image (3, S, S)``, ``label (S, S)`` int64 cues in
+    0..C or 255, ``labels (C,)`` float32 multi-hot image-level labels of the
+    data set (the expand loss), ``index``.
+    """
+
+    def __init__(self, ds, cams_dir: Path, crop_size: int, scales: tuple[float, float],
+                 fg_fraction: float, bg_threshold: float) -> None:
+        self.fg_fraction, self.bg_threshold = fg_fraction, bg_threshold
+        super().__init__(ds, cams_dir, crop_size, scales)
+
+    def label_file(self, index: int) -> Path:
+        return label_path(self.labels_dir, self.ds.samples[index].name, ".npz")
+
+    def _check_files(self) -> None:
+        missing = self._missing()
+        if missing:
+            ds, folder = self.ds, self.labels_dir
+            out = folder.parent if folder.name == "cams" else folder
+            raise AttnGuideError(
+                f"CAM folder {str(folder)!r} lacks {len(missing)} of the {len(ds)} CAM files (.npz) of "
+                f"split {ds.split!r}: {_shown(missing)}; run 'attnguide pseudo-label RUN --data {ds.root} "
+                f"--split {ds.split} --out {out} --save-cams --resume'")
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``uint8 (H, W, 3)`` and cue map ``uint8 (H, W)`` at the original size."""
+        import zipfile
+
+        from ..data.io import read_rgb
+        from ..seg.pseudo import seed_cues
+
+        sample, path = self.ds.samples[index], self.paths[index]
+        image = read_rgb(sample.image_path)
+        try:
+            with np.load(path) as npz:
+                cams, classes = npz["cams"].astype(np.float32), npz["classes"].astype(np.int64)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise AttnGuideError(f"cannot read CAM file {path} ({type(err).__name__}: {err}); it must hold "
+                                 "'cams' (K, H, W) and 'classes' (K,) as pseudo-label --save-cams writes "
+                                 "them: delete it and rerun pseudo-label with --resume") from None
+        if cams.ndim != 3 or cams.shape[1:] != image.shape[:2] or classes.shape != (cams.shape[0],):
+            raise AttnGuideError(
+                f"CAM file {path} holds cams {cams.shape} and classes {classes.shape} but image "
+                f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}; expected cams (K, "
+                f"{image.shape[0]}, {image.shape[1]}) and classes (K,): were they made for another data set?")
+        if classes.size and (classes.min() < 0 or classes.max() >= self.num_classes):
+            raise AttnGuideError(f"CAM file {path} names classes {classes.tolist()} but the data set has "
+                                 f"{self.num_classes} (0..{self.num_classes - 1})")
+        return image, seed_cues(cams, classes, self.fg_fraction, self.bg_threshold)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        labels = torch.zeros(self.num_classes, dtype=torch.float32)
+        labels[list(self.ds.samples[index].labels)] = 1.0
+        item["labels"] = labels
+        return item
+
+
+class SecLogits(nn.Module):
+    """``(B, 3, S, S)`` -> the stride-8 logits ``(B, N, ceil(S/8), ceil(S/8))`` SEC's losses use.
+
+    DeepLab-LargeFOV: fc8 on its stride-8 features (no upsampling). Any other
+    segmenter: its full-size logits average-pooled by 8. Holds no weights of
+    its own (checkpoints keep the wrapped model's).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..seg.deeplab import DeepLabLargeFOV
+
+        if isinstance(self.model, DeepLabLargeFOV):
+            return self.model.classifier(self.model.forward_features(x))
+        out = self.model(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return F.avg_pool2d(out, 8, ceil_mode=True)
+
+
+def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
+    """Normalised ``(B, 3, S, S)`` -> ``uint8 (B, S, S, 3)`` RGB (the constrain loss's CRF input)."""
+    from ..data import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = images.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = images.new_tensor(IMAGENET_STD)[:, None, None]
+    rgb = ((images.detach().float() * std + mean) * 255).round().clamp(0, 255)
+    return rgb.to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
 # ---------------------------------------------------------------------- results
@@ -346,7 +517,13 @@ class SegmentTrainer:
         if labels_dir is not None and not labels_dir.is_dir():
             raise FileNotFoundError(f"label folder {str(labels_dir)!r} does not exist; pass the --out "
                                     "folder of 'attnguide pseudo-label', or --labels gt")
-        self.train_set = SegmentationSet(ds, labels_dir, cfg.crop_size, cfg.scales)
+        if cfg.mode == "sec":
+            self.train_set = CueSet(ds, cams_folder(labels_dir), cfg.crop_size, cfg.scales,
+                                    cfg.fg_fraction, cfg.bg_threshold)
+        else:
+            self.train_set = SegmentationSet(ds, labels_dir, cfg.crop_size, cfg.scales)
+        # the epoch's running sums: loss, images, then (sec) the three losses
+        self.loss_parts = SEC_PARTS if cfg.mode == "sec" else ()
         self.val_ds = None
         if cfg.val_split:
             self.val_ds = open_dataset(cfg.data, cfg.val_split, train=False)
@@ -393,18 +570,20 @@ class SegmentTrainer:
                 f"--crop-size {cfg.crop_size} is not a multiple of {multiple}, the output stride of "
                 f"{cfg.arch} with encoder {self.encoder}; use --crop-size {good}")
         self.model.to(self.device)
-        self.module: nn.Module = self.model
+        # what the training step calls: the segmenter, or its stride-8 logits for SEC's losses
+        self.module: nn.Module = SecLogits(self.model) if cfg.mode == "sec" else self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             self.module = DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                self.module, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.crf_pool = None  # the constrain loss's CRFs (--mode sec), started on first use
         self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.lr, cfg.head_lr_mult), lr=cfg.lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.epoch, self.batch, self.step = 0, 0, 0
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, images
+        self.sums = torch.zeros(2 + len(self.loss_parts), dtype=torch.float64, device=self.device)
         self.history: list[dict[str, Any]] = []
         self.best_value: float | None = None
 
@@ -418,6 +597,10 @@ class SegmentTrainer:
         if (state["arch"], state.get("encoder")) != (cfg.arch, encoder):
             raise AttnGuideError(f"cannot resume from {where}: it is --arch {state['arch']} --encoder "
                                  f"{state.get('encoder')}, not {cfg.arch} {encoder}")
+        mode = (state.get("config") or {}).get("mode", "pseudo")
+        if mode != cfg.mode:
+            raise AttnGuideError(f"cannot resume from {where}: it was trained with --mode {mode}, not "
+                                 f"--mode {cfg.mode}; start a new run with another --out")
         if state.get("total_steps") != self.total_steps:
             self.reporter.warn(f"resuming with {self.total_steps} total iterations instead of "
                                f"{state.get('total_steps')}: the LR schedule changes")
@@ -497,6 +680,9 @@ class SegmentTrainer:
                 self._epoch_line(record)
         finally:
             self.reporter.end_epoch()
+            if self.crf_pool is not None:
+                self.crf_pool.close()
+                self.crf_pool = None
             self.dist.close()
         return SegmentResult(self.run_dir, self.history, self.best_value)
 
@@ -510,18 +696,8 @@ class SegmentTrainer:
         self.reporter.start_epoch(self.epoch, self.epochs, todo, self.batch, True)
         self._start, self._images = time.perf_counter(), 0
         for batch in self.loader:
-            images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
-            labels = batch["label"].to(device, non_blocking=True)  # (B, S, S)
-            with self._autocast():
-                logits = self.module(images)
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-            if not torch.isfinite(loss):
-                if bool((labels == IGNORE).all()):
-                    loss = logits.sum() * 0.0  # a batch with every pixel ignored: no signal
-                else:
-                    raise FloatingPointError(f"non-finite loss at iteration {self.step + 1}; lower --lr")
+            loss, parts = self.loss(batch)
+            images = batch["image"]
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -534,7 +710,8 @@ class SegmentTrainer:
             self.step += 1
             self.batch += 1
             value = float(loss.detach())
-            self.sums += torch.tensor([value * len(images), len(images)], dtype=torch.float64, device=device)
+            values = [value, 1.0, *(float(p) for p in parts)]
+            self.sums += torch.tensor(values, dtype=torch.float64, device=device) * len(images)
             self._images += len(images)
             ips = self._images * self.dist.world_size / max(time.perf_counter() - self._start, 1e-9)
             self.reporter.update(value, ips)
@@ -543,6 +720,44 @@ class SegmentTrainer:
             if self.step >= self.total_steps:
                 break
         self.reporter.end_epoch()
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The training loss of a batch and its parts (``--mode sec``: seed, expand, constrain)."""
+        device = self.device
+        images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+        labels = batch["label"].to(device, non_blocking=True)  # (B, S, S) labels or cues
+        with self._autocast():
+            logits = self.module(images)  # (B, N, S, S); sec: (B, N, h, w) at stride 8
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+        logits = logits.float()
+        if self.cfg.mode == "sec":
+            loss, parts = self._sec_loss(logits, labels, batch["labels"].to(device), images)
+        else:
+            loss, parts = F.cross_entropy(logits, labels, ignore_index=IGNORE), []
+            if not torch.isfinite(loss) and bool((labels == IGNORE).all()):
+                loss = logits.sum() * 0.0  # a batch with every pixel ignored: no signal
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at iteration {self.step + 1}; lower --lr")
+        return loss, [p.detach() for p in parts]
+
+    def _sec_loss(self, logits: torch.Tensor, cues: torch.Tensor, image_labels: torch.Tensor,
+                  images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        from ..seg.crf import CRFPool
+        from ..seg.sec import constrain_loss, expansion_loss, seeding_loss
+
+        cfg = self.cfg
+        size = logits.shape[-2:]
+        small = F.interpolate(cues[:, None].float(), size=size, mode="nearest")[:, 0].long()  # (B, h, w)
+        seed = seeding_loss(logits, small)
+        expand = expansion_loss(logits, image_labels, d_fg=cfg.fg_decay, d_bg=cfg.bg_decay)
+        if cfg.constrain_weight > 0:
+            if self.crf_pool is None:
+                self.crf_pool = CRFPool(cfg.crf_workers)
+            constrain = constrain_loss(logits, to_uint8_images(images), pool=self.crf_pool)
+        else:
+            constrain = logits.new_zeros(())
+        return seed + expand + cfg.constrain_weight * constrain, [seed, expand, constrain]
 
     def _end_epoch(self) -> dict[str, Any]:
         from ..engine.distributed import all_reduce_sum
@@ -557,6 +772,8 @@ class SegmentTrainer:
             "time": elapsed,
             "images_per_s": self._images * self.dist.world_size / max(elapsed, 1e-9),
         }
+        for i, name in enumerate(self.loss_parts):
+            record[f"train_{name}"] = sums[2 + i] / max(sums[1], 1.0)
         if self.dist.is_main and self.val_ds is not None:
             record.update(self.evaluate())
         value = record.get("val_miou")

@@ -210,8 +210,6 @@ class GuidedAttention(nn.Module):
         self.model = model
         self.cam_method = CAM_METHODS.get(cam)
         self.mask = resolve_mask(mask)
-        self.alpha, self.omega, self.area_weight = float(alpha), float(omega), float(area_weight)
-        self.rrr_weight = float(rrr_weight)
         self.terms: dict[str, tuple[Term, float]] = {}
         weights = {"am": alpha, "ext": omega, "rrr": rrr_weight, "area": area_weight,
                    **(terms or {})}
@@ -399,6 +397,13 @@ class GuidedAttention(nn.Module):
         name = getattr(self.cam_method, "__name__", repr(self.cam_method))
         return (f"layer={self.layer_name!r}, cam={name}, mask={self.mask!r}, alpha={self.alpha}, "
                 f"omega={self.omega}, detach_weights={self.detach_weights}")
+
+    # Weights of the built-in terms, read from ``terms`` (one source: a name passed in
+    # ``terms=`` overrides the shorthand argument, and these report what is used).
+    alpha = property(lambda self: self.terms["am"][1], doc="weight of L_am")
+    omega = property(lambda self: self.terms["ext"][1], doc="weight of L_e")
+    rrr_weight = property(lambda self: self.terms["rrr"][1], doc="weight of RRR")
+    area_weight = property(lambda self: self.terms["area"][1], doc="weight of the area penalty")
 
     # ------------------------------------------------------------------ internals
 

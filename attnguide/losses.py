@@ -55,16 +55,9 @@ def attention_ext_loss(attention: Tensor, masks: Tensor, classes: Tensor) -> Ten
     Each pair's error is averaged over its valid pixels, then pairs are
     averaged; pairs whose mask is all 255 add nothing (0 when none has one).
     """
-    valid = masks != IGNORE  # (P, H, W)
-    n_valid = valid.flatten(1).sum(1)  # (P,)
-    has_mask = n_valid > 0
-    if not bool(has_mask.any()):
-        return wide(attention.new_zeros(()))
     attention = wide(attention)
     target = (masks == (classes[:, None, None] + 1)).to(attention.dtype)
-    err = (attention - target).pow(2) * valid
-    per_pair = err.flatten(1).sum(1)[has_mask] / n_valid[has_mask]
-    return per_pair.mean()
+    return _mean_over_valid((attention - target).pow(2), masks)
 
 
 def all_class_ext_loss(attention: Tensor, masks: Tensor) -> Tensor:
@@ -76,16 +69,10 @@ def all_class_ext_loss(attention: Tensor, masks: Tensor) -> Tensor:
     ignore). Per image: squared errors summed over classes, averaged over valid
     pixels; images without a valid pixel add nothing (0 when none has one).
     """
-    valid = masks != IGNORE  # (B, H, W)
-    n_valid = valid.flatten(1).sum(1)
-    has_mask = n_valid > 0
-    if not bool(has_mask.any()):
-        return wide(attention.new_zeros(()))
     attention = wide(attention)
     values = torch.arange(1, attention.shape[1] + 1, device=masks.device)
     target = (masks[:, None] == values[None, :, None, None]).to(attention.dtype)
-    err = (attention - target).pow(2).sum(1) * valid  # (B, H, W)
-    return (err.flatten(1).sum(1)[has_mask] / n_valid[has_mask]).mean()
+    return _mean_over_valid((attention - target).pow(2).sum(1), masks)
 
 
 def background_invariance_loss(clean_logits: Tensor, object_logits: Tensor,
@@ -107,6 +94,18 @@ def background_invariance_loss(clean_logits: Tensor, object_logits: Tensor,
         target = F.log_softmax(obj, dim=1).detach()
         agree = F.kl_div(F.log_softmax(clean, dim=1), target, log_target=True, reduction="batchmean")
     return classification_loss(obj, labels) + agree
+
+
+def _mean_over_valid(err: Tensor, masks: Tensor) -> Tensor:
+    """(N, H, W) per-pixel errors -> mean over each map's non-255 pixels, then over the
+    maps that have one (0 when none has)."""
+    valid = masks != IGNORE
+    n_valid = valid.flatten(1).sum(1)
+    has_mask = n_valid > 0
+    if not bool(has_mask.any()):
+        return wide(err.new_zeros(()))
+    per_map = (err * valid).flatten(1).sum(1)[has_mask] / n_valid[has_mask]
+    return per_map.mean()
 
 
 def area_loss(soft_masks: Tensor) -> Tensor:

@@ -61,6 +61,7 @@ from .progress import Reporter
 IGNORE = 255
 SUM_KEYS = ("loss", "cls", "am", "ext", "area", "attention_area", "rrr", "images")
 """Running sums of an epoch; terms beyond the built-in ones (ext_all, bg) follow "images"."""
+IMAGES = SUM_KEYS.index("images")
 
 
 @dataclass
@@ -364,9 +365,9 @@ class Trainer:
             elapsed = time.perf_counter() - self._epoch_start
             ips = self._epoch_images * self.dist.world_size / max(elapsed, 1e-9)
             if self.reporter.bar:
-                self.reporter.update(float(self.sums[0] / self.sums[7]), ips)
+                self.reporter.update(float(self.sums[0] / self.sums[IMAGES]), ips)
             if self.tb is not None:
-                self.tb.add_scalar("train/loss_step", float(self.sums[0] / self.sums[7]), self.step)
+                self.tb.add_scalar("train/loss_step", float(self.sums[0] / self.sums[IMAGES]), self.step)
                 self.tb.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save("last.pt")
@@ -375,7 +376,7 @@ class Trainer:
     def _end_epoch(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._epoch_start
         sums = all_reduce_sum(self.sums.clone(), self.dist).tolist()
-        count = max(sums[SUM_KEYS.index("images")], 1.0)
+        count = max(sums[IMAGES], 1.0)
         guided = self._guided(self.epoch)
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,

@@ -1,7 +1,7 @@
 """The ``attnguide`` command line (typer). It parses options and calls the library.
 
 Commands:
-    attnguide train --data PATH --model NAME --guidance {none,self,ext,rrr,bg,ext+rrr,...} ...
+    attnguide train --data PATH --model NAME --guidance {none,self,ext,rrr,bg,swap,ext+rrr,...} ...
     attnguide data scenes OUT [--n-train N ...]
 
 The options of ``train`` are generated from :class:`attnguide.engine.TrainConfig`

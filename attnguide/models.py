@@ -362,6 +362,8 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
         kwargs["omega"], terms["ext_all"] = 0.0, omega
     if "bg" in parts:
         terms["bg"] = config.get("bg_weight", 1.0)
+    if "swap" in parts:
+        terms["swap"] = config.get("swap_weight", 1.0)
     if terms:
         kwargs["terms"] = terms
     if "rrr" in parts:

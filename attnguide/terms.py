@@ -22,6 +22,13 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            with that object-only prediction (images with a mask only; one more
            forward, no CAM, no second order). A counterfactual rather than an
            attention map: it removes shortcuts that Grad-CAM does not show.
+``swap``   background swap: each labelled image's objects pasted onto the
+           background of another labelled image of the batch (whose own objects
+           are painted over with the first image's background) must still be
+           classified as the first image, and the clean image must agree with that
+           prediction. A shortcut in the background (a texture, a corner mark) now
+           names the *wrong* class, so it cannot be used (images with a mask only,
+           two or more per batch; one more forward, no CAM).
 ========  =====================================================================
 
 Your own term is any callable ``step -> scalar tensor``; wrap it in `Term` to say
@@ -172,6 +179,25 @@ class Step:
             self._cache["objects"] = (index, self.guide._extra_logits(objects))
         return self._cache["objects"]
 
+    def swapped_logits(self) -> tuple[Tensor, Tensor]:
+        """``(index, logits)``: the images with a labelled pixel and the (N, C) logits of
+        their objects on the background of another labelled image of the batch (drawn
+        at random, never itself), that image's own objects painted over with the first
+        image's background. Empty when the batch has fewer than two labelled images."""
+        if "swapped" not in self._cache:
+            index = (self.masks != IGNORE).flatten(1).any(1).nonzero().squeeze(1)
+            n = len(index)
+            if n < 2:
+                self._cache["swapped"] = (index[:0], self.logits[:0])
+            else:
+                partner = (torch.arange(n, device=index.device)
+                           + torch.randint(1, n, (n,), device=index.device)) % n
+                images, objects = self.images[index], (self.masks[index] != 0).unsqueeze(1)
+                shown = objects | objects[partner]  # own objects, and where the partner's were
+                swapped = torch.where(shown, images, images[partner].detach())
+                self._cache["swapped"] = (index, self.guide._extra_logits(swapped))
+        return self._cache["swapped"]
+
     def pair_masks(self) -> Tensor:
         """(P, H, W) the pixel mask of each pair's image."""
         return self.masks[self.pairs[:, 0]]
@@ -212,6 +238,11 @@ def _bg(step: Step) -> Tensor:
     return background_invariance_loss(step.logits[index], logits, step.labels[index])
 
 
+def _swap(step: Step) -> Tensor:
+    index, logits = step.swapped_logits()
+    return background_invariance_loss(step.logits[index], logits, step.labels[index])
+
+
 def _area(step: Step) -> Tensor:
     return area_loss(step.soft) if len(step.pairs) else _zero(step)
 
@@ -222,3 +253,4 @@ TERMS.register("ext_all")(Term(_ext_all, masks=True))
 TERMS.register("rrr")(Term(_rrr, attention=False, masks=True, input_grad=True))
 TERMS.register("area")(Term(_area))
 TERMS.register("bg")(Term(_bg, attention=False, masks=True))
+TERMS.register("swap")(Term(_swap, attention=False, masks=True))

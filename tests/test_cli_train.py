@@ -117,7 +117,7 @@ def test_bad_option_value_is_one_line(capsys):
     assert main(["train", "--data", "x", "--lr", "fast"]) == 2
     assert "--lr" in _one_error_line(capsys)
     assert main(["train", "--data", "x", "--guidance", "full"]) == 2
-    assert "none or a '+'-joined set of self, ext, rrr, bg" in _one_error_line(capsys)
+    assert "none, auto or a '+'-joined set of self, ext, rrr, bg, swap" in _one_error_line(capsys)
 
 
 def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):

@@ -19,8 +19,12 @@ from typing import Any
 
 from ..errors import AttnGuideError
 
-GUIDANCE_PARTS = ("self", "ext", "rrr", "bg")
-"""``--guidance`` is ``none`` or a '+'-joined set of these (``ext+rrr``)."""
+GUIDANCE_PARTS = ("self", "ext", "rrr", "bg", "swap")
+"""``--guidance`` is ``none``, ``auto`` or a '+'-joined set of these (``ext+rrr``)."""
+AUTO_GUIDANCE = {False: "self", True: "ext+swap"}
+"""What ``--guidance auto`` becomes without / with pixel masks in the training split:
+GAIN's self-guidance, or GAIN_ext plus the background swap (the setting that removed
+the shortcut in benchmarks/RESULTS.md, "Shortcut removal on the cue scenes")."""
 EXT_CLASSES = ("target", "all")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "step", "constant")
@@ -49,7 +53,7 @@ class TrainConfig:
     layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
 
     # --- guided attention (GAIN)
-    guidance: str = "self"  # none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); or joined: ext+bg. ext, rrr, bg need masks
+    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); or joined: ext+swap. All but self need masks
     warmup_epochs: int = 1  # classification-only epochs before L_am is switched on
     alpha: float = 1.0  # weight of the attention-mining loss L_am (paper: 1)
     omega: float = 10.0  # weight of the pixel-mask loss L_e of GAIN_ext (paper: 10)
@@ -65,6 +69,7 @@ class TrainConfig:
     ext_classes: str = "target"  # L_e on the positive classes' attention (target, the paper) or every class's, absent ones too (all)
     rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
+    swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
 
     # --- optimisation
@@ -120,7 +125,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
-                     "rrr_weight", "bg_weight"):
+                     "rrr_weight", "bg_weight", "swap_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         if self.lr == 0:
@@ -136,27 +141,38 @@ class TrainConfig:
             raise AttnGuideError("--guidance ext with --omega 0 is GAIN_self: use --guidance self")
         if "bg" in parts and self.bg_weight == 0:
             raise AttnGuideError("--guidance bg with --bg-weight 0 adds nothing: give a weight > 0")
+        if "swap" in parts and self.swap_weight == 0:
+            raise AttnGuideError("--guidance swap with --swap-weight 0 adds nothing: give a weight > 0")
         if "rrr" in parts and self.rrr_weight == 0:
             raise AttnGuideError("--guidance rrr with --rrr-weight 0 adds nothing: give a weight > 0")
         return self
 
 
+def resolve_guidance(guidance: str, has_masks: bool) -> str:
+    """``auto`` -> `AUTO_GUIDANCE` for a training split with or without pixel masks;
+    any other value unchanged."""
+    return AUTO_GUIDANCE[bool(has_masks)] if guidance == "auto" else guidance
+
+
 def guidance_parts(guidance: str) -> frozenset[str]:
-    """``"ext+rrr"`` -> {"ext", "rrr"}; ``"none"`` -> {}. Raises on unknown parts."""
+    """``"ext+rrr"`` -> {"ext", "rrr"}; ``"none"`` -> {}; ``"auto"`` (not resolved
+    yet: no masks known) -> {"self"}. Raises on unknown parts."""
     if guidance == "none":
         return frozenset()
+    if guidance == "auto":
+        return frozenset({"self"})
     parts = [p.strip() for p in str(guidance).split("+")]
     bad = [p for p in parts if p not in GUIDANCE_PARTS]
     if bad or not parts:
         raise AttnGuideError(
-            f"--guidance must be none or a '+'-joined set of {', '.join(GUIDANCE_PARTS)} "
+            f"--guidance must be none, auto or a '+'-joined set of {', '.join(GUIDANCE_PARTS)} "
             f"(e.g. ext+rrr), got {guidance!r}")
     return frozenset(parts)
 
 
 def needs_masks(guidance: str) -> bool:
-    """Whether a guidance uses pixel masks (L_e or RRR)."""
-    return bool(guidance_parts(guidance) & {"ext", "rrr", "bg"})
+    """Whether a guidance uses pixel masks (every part but self)."""
+    return bool(guidance_parts(guidance) - {"self"})
 
 
 def _opt(name: str) -> str:

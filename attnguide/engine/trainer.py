@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..errors import AttnGuideError
 from ..models import create_model, guide_kwargs, resolve_checkpoint
 from . import checkpoint as ckpt_io
-from .config import TrainConfig, needs_masks, save_config
+from .config import TrainConfig, needs_masks, resolve_guidance, save_config
 from .distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
 from .loader import EpochBatchSampler, make_loader
 from .metrics import (
@@ -164,6 +164,11 @@ class Trainer:
                                        mode="multi" if self.multilabel else "single")
             if list(self.val_ds.class_names) != self.class_names:
                 raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
+        self.auto_note = None  # said when training starts, not before a set-up error
+        if cfg.guidance == "auto":
+            cfg.guidance = resolve_guidance("auto", self.train_ds.pixel_labelled)
+            self.auto_note = (f"--guidance auto: {cfg.guidance} (split {cfg.train_split!r} "
+                              f"{'has' if self.train_ds.pixel_labelled else 'has no'} pixel masks)")
         if needs_masks(cfg.guidance) and not self.train_ds.pixel_labelled:
             raise AttnGuideError(
                 f"--guidance {cfg.guidance} needs pixel masks, but no image of split {cfg.train_split!r} has one "
@@ -281,6 +286,8 @@ class Trainer:
             if self.dist.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.run_dir / "config.yaml")
+                if self.auto_note:
+                    self.reporter.info(self.auto_note)
             if self.resume_state is not None:
                 self.load_state_dict(self.resume_state)
                 self.resume_state = None

@@ -54,6 +54,14 @@ ROWS = {
     "rrr100": ("RRR, 100% pixel labels", {"guidance": "rrr", "pixel_labels": "100%"}),
     "bg10": ("background invariance, 10% pixel labels", {"guidance": "bg", "pixel_labels": "10%"}),
     "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),
+    "swap10": ("background swap, 10% pixel labels", {"guidance": "swap", "pixel_labels": "10%"}),
+    "swap100": ("background swap, 100% pixel labels", {"guidance": "swap", "pixel_labels": "100%"}),
+    "extswap10": ("GAIN_ext + background swap, 10% pixel labels",
+                  {"guidance": "ext+swap", "pixel_labels": "10%"}),
+    "extswap100": ("GAIN_ext + background swap, 100% pixel labels",
+                   {"guidance": "ext+swap", "pixel_labels": "100%"}),
+    "swap100_unbiased": ("background swap, 100% pixel labels, trained without the shortcut",
+                         {"guidance": "swap", "pixel_labels": "100%", "train_split": "train_unbiased"}),
     "oracle": ("oracle (trained without the shortcut)",
                {"guidance": "none", "train_split": "train_unbiased"}),
 }
@@ -71,6 +79,7 @@ PRESETS = {
 COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"), ("test_cam_miou", "CAM mIoU"),
            ("test_attention_inside", "attention inside")]
 PSEUDO_COLUMNS = [("pseudo_miou", "pseudo-label mIoU"), ("pseudo_miou_crf", "with CRF")]
+SEGMENT_COLUMNS = [("segmenter_miou", "segmenter mIoU")]
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -119,6 +128,48 @@ def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
             "pseudo_miou_crf": res.crf_metrics.miou if res.crf_metrics else None}
 
 
+def segmenter_metrics(run: Path, data: Path, device: str) -> dict:
+    """Test mIoU of a small segmenter trained on the run's CRF pseudo labels (the demo's
+    segmenter settings: U-Net/resnet18 from scratch, 64 px crops)."""
+    from attnguide.demo import SEGMENTER
+    from attnguide.pipeline import SegmentConfig, evaluate_predictions, predict, segment
+
+    seg = run / "segmenter"
+    resume = str(seg) if (seg / "last.pt").exists() else None  # a killed run goes on; a finished one stops
+    segment(SegmentConfig(data=str(data), labels=str(run / "pseudo" / "crf"), out=str(seg),
+                          val_split="", device=device, quiet=True, resume=resume, **SEGMENTER))
+    pred = seg / "test_predictions"
+    predict(seg / "last.pt", pred, data=str(data), split="test", device=device, quiet=True)
+    return {"segmenter_miou": evaluate_predictions(pred, data=str(data), split="test").miou}
+
+
+def plot_table(results: dict[str, list[dict]], columns: list[tuple[str, str]], out_png: Path) -> Path:
+    """Bar chart of the table: one panel per column, mean over seeds with each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if results[r]]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 0.45 * len(rows) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, (key, name) in zip(axes[0], columns):
+        for y, row in enumerate(rows):
+            values = [m[key] for m in results[row] if m.get(key) is not None]
+            if values:
+                ax.barh(y, statistics.mean(values), color="tab:blue" if row != "oracle" else "tab:gray")
+                ax.plot(values, [y] * len(values), "k.", markersize=4)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(rows)), [ROWS[r][0] for r in rows], fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def summarise(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -141,11 +192,17 @@ def main(argv=None) -> None:
     p.add_argument("--parallel", type=int, default=1, help="training processes at a time")
     p.add_argument("--pseudo", action="store_true",
                    help="also score each run's pseudo labels of the train split, with and without CRF")
+    p.add_argument("--segment", action="store_true",
+                   help="also train a small segmenter on each run's CRF pseudo labels (implies --pseudo)")
+    p.add_argument("--plots", type=Path, default=None, metavar="PREFIX",
+                   help="write PREFIX.png (the table as bars) and PREFIX_attention.png (test images' "
+                        "attention of each row's first seed)")
     p.add_argument("--rerun", action="store_true",
                    help="train again rows that already have OUT/ROW-sSEED/test_metrics.json")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
-    columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else [])
+    args.pseudo = args.pseudo or args.segment
+    columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else []) + (SEGMENT_COLUMNS if args.segment else [])
 
     from attnguide.data import make_scenes
 
@@ -168,6 +225,8 @@ def main(argv=None) -> None:
         metrics = test_metrics(run, data, args.device)
         if args.pseudo:
             metrics.update(pseudo_metrics(run, data, args.device, crf=True))
+        if args.segment:
+            metrics.update(segmenter_metrics(run, data, args.device))
         metrics["seconds"] = time.time() - t0
         (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         results[row].append(metrics)
@@ -177,7 +236,14 @@ def main(argv=None) -> None:
     for row, seed in jobs:
         done_file = args.out / f"{row}-s{seed}" / "test_metrics.json"
         if done_file.exists() and not args.rerun:  # finished in an earlier call: reuse it
-            results[row].append(json.loads(done_file.read_text()))
+            metrics = json.loads(done_file.read_text())
+            run = done_file.parent
+            if args.pseudo and "pseudo_miou" not in metrics:  # columns asked for later
+                metrics.update(pseudo_metrics(run, data, args.device, crf=True))
+            if args.segment and "segmenter_miou" not in metrics:
+                metrics.update(segmenter_metrics(run, data, args.device))
+            done_file.write_text(json.dumps(metrics, indent=2))
+            results[row].append(metrics)
             continue
         while len(running) >= args.parallel:
             done = next((j for j in running if j[2].poll() is not None), None)
@@ -201,13 +267,30 @@ def main(argv=None) -> None:
         lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
+    pictures = ""
+    if args.plots:
+        args.plots.parent.mkdir(parents=True, exist_ok=True)
+        bars = plot_table(results, columns, args.plots.with_suffix(".png"))
+        from attnguide.viz import attention_grid
+
+        first = [r for r in args.rows if (args.out / f"{r}-s{args.seeds[0]}" / "last.pt").exists()]
+        grid = attention_grid([args.out / f"{r}-s{args.seeds[0]}" / "last.pt" for r in first], data,
+                              split="test", images=6, names=first,
+                              out_png=args.plots.parent / f"{args.plots.name}_attention.png",
+                              title="test images (random cue): attention of each row, seed "
+                                    f"{args.seeds[0]}")
+        print(f"wrote {bars} and {grid}")
+        rel = RESULTS.parent
+        pictures = "".join(f"\n![{what}]({p.resolve().relative_to(rel.resolve())})\n"
+                           for what, p in (("table", bars), ("attention", grid))
+                           if p.resolve().is_relative_to(rel.resolve()))
     if args.write:
         cmd = "python benchmarks/scenes/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
         where = platform.node() if args.device == "cpu" else args.device
         settings = ", ".join(f"{k}={v}" for k, v in common.items())
         text = (f"\n### Scenes: guided attention against the shortcut — {dt.date.today()} — {where}\n\n"
                 f"`{cmd}`\n\nSettings: {settings}; seeds {args.seeds} (mean ± std); test split is "
-                f"unbiased; last checkpoint; {time.time() - t_start:.0f} s in all.\n\n{table}\n")
+                f"unbiased; last checkpoint; {time.time() - t_start:.0f} s in all.\n\n{table}\n{pictures}")
         with RESULTS.open("a") as f:
             f.write(text)
         print(f"appended to {RESULTS}")

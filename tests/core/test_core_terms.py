@@ -95,3 +95,82 @@ def test_guidance_parts_and_guide_kwargs():
     assert "rrr_weight" not in guide_kwargs(TrainConfig(data="x", guidance="ext").to_dict())
     with pytest.raises(AttnGuideError, match="rrr-weight 0"):
         TrainConfig(data="x", guidance="rrr", rrr_weight=0).validate()
+
+
+class _Recording(TinyNet):
+    """TinyNet that keeps a copy of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return super().forward(x)
+
+
+def _two_labelled():
+    images, labels, masks = _batch(n=3)
+    masks[2] = 255  # the third image has no mask
+    masks[1, :, :] = 0
+    masks[1, 0:4, 0:4] = 2  # image 1's object sits in the top-left corner
+    return images, labels, masks
+
+
+def test_bg_shows_only_the_objects():
+    images, labels, masks = _two_labelled()
+    model = _Recording()
+    out = GuidedAttention(model, layer="features", alpha=0, omega=0, fill=0.5, terms={"bg": 1.0})(
+        images, labels, masks)
+    objects = model.seen[1]  # the clean batch, then the labelled images with the background erased
+    assert objects.shape[0] == 2
+    keep = (masks[:2] != 0).unsqueeze(1)
+    assert torch.equal(objects, torch.where(keep, images[:2], torch.full_like(images[:2], 0.5)))
+    assert out.losses["bg"] > 0 and torch.allclose(out.loss, out.losses["cls"] + out.losses["bg"])
+
+
+def _swap_of(images, masks, i, j):
+    """Image i's objects on image j's background, j's objects painted with i's background."""
+    obj_i, obj_j = masks[i] != 0, masks[j] != 0
+    return torch.where(obj_i | obj_j, images[i], images[j])
+
+
+def test_swap_pastes_objects_on_another_background_and_paints_over_its_objects():
+    images, labels, masks = _two_labelled()  # images 0 and 1 have masks, image 2 none
+    model = _Recording()
+    guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"swap": 1.0})
+    out = guide(images, labels, masks)
+    swapped = model.seen[1]  # the clean batch, then the two labelled images swapped
+    obj0, obj1 = masks[0] != 0, masks[1] != 0
+    # image 0 on image 1's background; where image 1's object was, image 0's own background
+    assert torch.equal(swapped[0], torch.where(obj0 | obj1, images[0], images[1]))
+    assert torch.equal(swapped[1], torch.where(obj0 | obj1, images[1], images[0]))
+    assert out.losses["swap"] > 0 and torch.allclose(out.loss, out.losses["cls"] + out.losses["swap"])
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_swap_needs_two_labelled_images_in_the_batch():
+    images, labels, masks = _two_labelled()
+    model = _Recording()
+    out = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"swap": 1.0})(
+        images[1:], labels[1:], masks[1:])  # one labelled image: no partner
+    assert len(model.seen) == 1 and out.losses["swap"] == 0
+
+
+def test_swap_never_draws_the_image_itself():
+    images, labels, masks = _batch(n=5, size=16)
+    model = _Recording()
+    guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"swap": 1.0})
+    for _ in range(5):
+        model.seen.clear()
+        guide(images, labels, masks)
+        assert not (model.seen[1] == images).flatten(1).all(1).any()
+
+
+def test_swap_guidance_from_the_config():
+    kwargs = guide_kwargs(TrainConfig(data="x", guidance="ext+swap", swap_weight=2.0).to_dict())
+    assert kwargs["terms"] == {"swap": 2.0} and kwargs["omega"] == 10.0
+    assert guide_kwargs(TrainConfig(data="x", guidance="swap").to_dict())["alpha"] == 0
+    with pytest.raises(AttnGuideError, match="swap-weight 0"):
+        TrainConfig(data="x", guidance="swap", swap_weight=0).validate()

@@ -56,7 +56,7 @@ def test_unknown_key_and_bad_type_name_the_problem(tmp_path):
 
 
 def test_validate_rejects_bad_choices():
-    with pytest.raises(AttnGuideError, match="--guidance must be none or a .+.-joined set of self, ext, rrr, bg"):
+    with pytest.raises(AttnGuideError, match="--guidance must be none, auto or a .+.-joined set of self, ext, rrr, bg, swap"):
         TrainConfig(data="d", guidance="full").validate()
     with pytest.raises(AttnGuideError, match="--data"):
         TrainConfig().validate()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from attnguide.data import make_scenes
 from attnguide.engine import TrainConfig, Trainer, train
@@ -176,11 +177,23 @@ def test_ddp_two_gloo_processes_match_one_process(single_scenes, tmp_path):
 def test_best_checkpoint_comes_from_a_guided_epoch_and_rrr_is_logged(scenes, tmp_path):
     """A warm-up epoch may have the better metric, but best.pt must hold guided weights;
     every term of a joined guidance is logged, extra registry terms included."""
-    result = train(_cfg(scenes, tmp_path / "run", guidance="ext+rrr+bg", rrr_weight=0.5,
+    result = train(_cfg(scenes, tmp_path / "run", guidance="ext+rrr+bg+swap", rrr_weight=0.5,
                         pixel_labels="all"))
     first, second = result.history
     assert not first["guided"] and second["guided"]
     assert second["best"] and result.best_value == second[result.best_metric]
     assert first["train_loss_rrr"] == 0 and second["train_loss_rrr"] > 0
     assert first["train_loss_bg"] == 0 and second["train_loss_bg"] > 0
+    assert first["train_loss_swap"] == 0 and second["train_loss_swap"] > 0
     assert second["train_loss_ext"] > 0 and second["train_loss_am"] > 0
+
+
+def test_auto_guidance_is_ext_and_swap_with_masks_and_self_without(scenes, tmp_path):
+    from attnguide.engine.config import resolve_guidance
+
+    assert resolve_guidance("auto", has_masks=False) == "self"
+    assert resolve_guidance("ext", has_masks=False) == "ext"
+    result = train(_cfg(scenes, tmp_path / "run", guidance="auto", epochs=1, warmup_epochs=0))
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["guidance"] == "ext+swap"  # the run records what auto became
+    assert result.history[0]["train_loss_swap"] > 0 and result.history[0]["train_loss_ext"] > 0

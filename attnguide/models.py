@@ -363,7 +363,8 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
     if "bg" in parts:
         terms["bg"] = config.get("bg_weight", 1.0)
     if "swap" in parts:
-        terms["swap"] = config.get("swap_weight", 1.0)
+        name = "swap_attention" if config.get("swap_source", "masks") == "attention" else "swap"
+        terms[name] = config.get("swap_weight", 1.0)
     if terms:
         kwargs["terms"] = terms
     if "rrr" in parts:

@@ -29,6 +29,10 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            prediction. A shortcut in the background (a texture, a corner mark) now
            names the *wrong* class, so it cannot be used (images with a mask only,
            two or more per batch; one more forward, no CAM).
+``swap_attention`` the same for every image of the batch: objects from the pixel
+           mask where there is one, else cut out by the image's own attention
+           (its erasing mask T(A), detached), so a few masks (which train the
+           attention with ``ext``) reach the unlabelled images.
 ========  =====================================================================
 
 Your own term is any callable ``step -> scalar tensor``; wrap it in `Term` to say
@@ -179,24 +183,45 @@ class Step:
             self._cache["objects"] = (index, self.guide._extra_logits(objects))
         return self._cache["objects"]
 
-    def swapped_logits(self) -> tuple[Tensor, Tensor]:
-        """``(index, logits)``: the images with a labelled pixel and the (N, C) logits of
-        their objects on the background of another labelled image of the batch (drawn
-        at random, never itself), that image's own objects painted over with the first
-        image's background. Empty when the batch has fewer than two labelled images."""
-        if "swapped" not in self._cache:
-            index = (self.masks != IGNORE).flatten(1).any(1).nonzero().squeeze(1)
+    def swapped_logits(self, attention: bool = False) -> tuple[Tensor, Tensor]:
+        """``(index, logits)``: images and the (N, C) logits of their objects pasted on
+        the background of another image of the batch (drawn at random, never itself),
+        whose own objects are painted over with the first image's background.
+
+        Objects come from the pixel mask (images with a labelled pixel); with
+        ``attention`` every other image with a positive class takes part too, its
+        objects cut out by its own erasing mask T(A) (detached). Empty when fewer
+        than two images take part.
+        """
+        key = "swapped_attention" if attention else "swapped"
+        if key not in self._cache:
+            images = self.images
+            objects = torch.zeros_like(images[:, :1])
+            taking_part = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+            if attention and self.soft is not None and len(self.pairs):
+                soft = self.soft.detach().flatten(1).to(images.dtype)  # an image's union of its classes
+                objects = soft.new_zeros(len(images), soft.shape[1]).scatter_reduce_(
+                    0, self.pairs[:, :1].expand_as(soft), soft, "amax").view_as(objects)
+                taking_part[self.pairs[:, 0]] = True
+            if self.masks is not None:
+                labelled = (self.masks != IGNORE).flatten(1).any(1)
+                objects = torch.where(labelled[:, None, None, None],
+                                      (self.masks != 0).unsqueeze(1).to(images.dtype), objects)
+                taking_part |= labelled
+            index = taking_part.nonzero().squeeze(1)
             n = len(index)
             if n < 2:
-                self._cache["swapped"] = (index[:0], self.logits[:0])
+                self._cache[key] = (index[:0], self.logits[:0])
             else:
                 partner = (torch.arange(n, device=index.device)
                            + torch.randint(1, n, (n,), device=index.device)) % n
-                images, objects = self.images[index], (self.masks[index] != 0).unsqueeze(1)
-                shown = objects | objects[partner]  # own objects, and where the partner's were
-                swapped = torch.where(shown, images, images[partner].detach())
-                self._cache["swapped"] = (index, self.guide._extra_logits(swapped))
-        return self._cache["swapped"]
+                own, objects = images[index], objects[index]
+                other = images[index][partner].detach()
+                # the partner's background: its pixels, with its objects painted by our own
+                background = objects[partner] * own + (1 - objects[partner]) * other
+                swapped = objects * own + (1 - objects) * background
+                self._cache[key] = (index, self.guide._extra_logits(swapped))
+        return self._cache[key]
 
     def pair_masks(self) -> Tensor:
         """(P, H, W) the pixel mask of each pair's image."""
@@ -243,6 +268,11 @@ def _swap(step: Step) -> Tensor:
     return background_invariance_loss(step.logits[index], logits, step.labels[index])
 
 
+def _swap_attention(step: Step) -> Tensor:
+    index, logits = step.swapped_logits(attention=True)
+    return background_invariance_loss(step.logits[index], logits, step.labels[index])
+
+
 def _area(step: Step) -> Tensor:
     return area_loss(step.soft) if len(step.pairs) else _zero(step)
 
@@ -254,3 +284,4 @@ TERMS.register("rrr")(Term(_rrr, attention=False, masks=True, input_grad=True))
 TERMS.register("area")(Term(_area))
 TERMS.register("bg")(Term(_bg, attention=False, masks=True))
 TERMS.register("swap")(Term(_swap, attention=False, masks=True))
+TERMS.register("swap_attention")(Term(_swap_attention))

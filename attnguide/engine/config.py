@@ -26,6 +26,7 @@ AUTO_GUIDANCE = {False: "self", True: "ext+swap"}
 GAIN's self-guidance, or GAIN_ext plus the background swap (the setting that removed
 the shortcut in benchmarks/RESULTS.md, "Shortcut removal on the cue scenes")."""
 EXT_CLASSES = ("target", "all")
+SWAP_SOURCES = ("masks", "attention")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "step", "constant")
 AMP_DTYPES = ("auto", "bf16", "fp16")
@@ -70,6 +71,7 @@ class TrainConfig:
     rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap)
+    swap_source: str = "masks"  # objects to swap: masks (pixel-labelled images only) or attention (also every other image, cut out by its own attention)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
 
     # --- optimisation
@@ -112,6 +114,7 @@ class TrainConfig:
         """Check choices and ranges; return self."""
         guidance_parts(self.guidance)
         _choice("ext_classes", self.ext_classes, EXT_CLASSES)
+        _choice("swap_source", self.swap_source, SWAP_SOURCES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)

@@ -56,6 +56,8 @@ ROWS = {
     "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),
     "swap10": ("background swap, 10% pixel labels", {"guidance": "swap", "pixel_labels": "10%"}),
     "swap100": ("background swap, 100% pixel labels", {"guidance": "swap", "pixel_labels": "100%"}),
+    "extswapatt10": ("GAIN_ext + background swap, objects also cut by attention, 10% pixel labels",
+                     {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention"}),
     "extswap10": ("GAIN_ext + background swap, 10% pixel labels",
                   {"guidance": "ext+swap", "pixel_labels": "10%"}),
     "extswap100": ("GAIN_ext + background swap, 100% pixel labels",
@@ -151,6 +153,7 @@ def plot_table(results: dict[str, list[dict]], columns: list[tuple[str, str]], o
     import matplotlib.pyplot as plt
 
     rows = [r for r in results if results[r]]
+    columns = [(k, n) for k, n in columns if any(m.get(k) is not None for r in rows for m in results[r])]
     fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 0.45 * len(rows) + 1.4),
                              sharey=True, squeeze=False)
     for ax, (key, name) in zip(axes[0], columns):
@@ -275,7 +278,7 @@ def main(argv=None) -> None:
 
         first = [r for r in args.rows if (args.out / f"{r}-s{args.seeds[0]}" / "last.pt").exists()]
         grid = attention_grid([args.out / f"{r}-s{args.seeds[0]}" / "last.pt" for r in first], data,
-                              split="test", images=6, names=first,
+                              split="test", images=4, names=first,
                               out_png=args.plots.parent / f"{args.plots.name}_attention.png",
                               title="test images (random cue): attention of each row, seed "
                                     f"{args.seeds[0]}")

@@ -168,9 +168,31 @@ def test_swap_never_draws_the_image_itself():
         assert not (model.seen[1] == images).flatten(1).all(1).any()
 
 
+def test_swap_attention_cuts_unlabelled_images_by_their_attention():
+    images, labels, masks = _two_labelled()  # images 0 and 1 labelled, image 2 not
+    model = _Recording()
+    guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"swap_attention": 1.0})
+    torch.manual_seed(3)
+    out = guide(images, labels, masks)
+    torch.manual_seed(3)
+    partner = (torch.arange(3) + torch.randint(1, 3, (3,))) % 3  # the draw the step makes
+    objects = torch.stack([(masks[0] != 0).float(), (masks[1] != 0).float(),
+                           guide.mask(out.attention[2:3])[0].detach()]).unsqueeze(1)
+    background = objects[partner] * images + (1 - objects[partner]) * images[partner]
+    want = objects * images + (1 - objects) * background
+    assert torch.allclose(model.seen[1], want, atol=1e-6)
+    assert out.losses["swap_attention"] > 0
+    one = GuidedAttention(TinyNet(), layer="features", alpha=0, omega=0, terms={"swap_attention": 1.0})
+    assert one(images[2:], labels[2:], None).losses["swap_attention"] == 0  # no partner
+
+
 def test_swap_guidance_from_the_config():
     kwargs = guide_kwargs(TrainConfig(data="x", guidance="ext+swap", swap_weight=2.0).to_dict())
     assert kwargs["terms"] == {"swap": 2.0} and kwargs["omega"] == 10.0
     assert guide_kwargs(TrainConfig(data="x", guidance="swap").to_dict())["alpha"] == 0
+    kwargs = guide_kwargs(TrainConfig(data="x", guidance="ext+swap", swap_source="attention").to_dict())
+    assert kwargs["terms"] == {"swap_attention": 1.0}
+    with pytest.raises(AttnGuideError, match="swap-source"):
+        TrainConfig(data="x", swap_source="boxes").validate()
     with pytest.raises(AttnGuideError, match="swap-weight 0"):
         TrainConfig(data="x", guidance="swap", swap_weight=0).validate()

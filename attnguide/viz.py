@@ -49,7 +49,8 @@ _DPI = 100
 _HEADER = 0.5  # header band height, in cells
 _TITLE = 0.25  # title band above each row's images, in cells
 _GUIDANCE = {"none": "no guidance", "self": "GAIN (self-guided)", "ext": "GAIN_ext (pixel masks)",
-             "rrr": "RRR (input gradients)", "ext+rrr": "GAIN_ext + RRR"}
+             "rrr": "RRR (input gradients)", "ext+rrr": "GAIN_ext + RRR", "bg": "background erased",
+             "swap": "background swap", "ext+swap": "GAIN_ext + background swap"}
 
 #: metrics.jsonl key -> panel title, in drawing order (keys a run lacks are skipped).
 CURVES: dict[str, str] = {

@@ -176,7 +176,7 @@ class Step:
         """``(index, logits)``: the images with a labelled pixel and their (N, C) logits
         with the background (mask 0) erased to the guide's fill value."""
         if "objects" not in self._cache:
-            index = (self.masks != IGNORE).flatten(1).any(1).nonzero().squeeze(1)
+            index = _labelled(self.masks).nonzero().squeeze(1)
             keep = (self.masks[index] != 0).unsqueeze(1)  # objects and ignored pixels stay
             images = self.images[index]
             objects = torch.where(keep, images, torch.full_like(images, self.guide.fill))
@@ -204,7 +204,7 @@ class Step:
                     0, self.pairs[:, :1].expand_as(soft), soft, "amax").view_as(objects)
                 taking_part[self.pairs[:, 0]] = True
             if self.masks is not None:
-                labelled = (self.masks != IGNORE).flatten(1).any(1)
+                labelled = _labelled(self.masks)
                 objects = torch.where(labelled[:, None, None, None],
                                       (self.masks != 0).unsqueeze(1).to(images.dtype), objects)
                 taking_part |= labelled
@@ -216,7 +216,7 @@ class Step:
                 partner = (torch.arange(n, device=index.device)
                            + torch.randint(1, n, (n,), device=index.device)) % n
                 own, objects = images[index], objects[index]
-                other = images[index][partner].detach()
+                other = own[partner].detach()
                 # the partner's background: its pixels, with its objects painted by our own
                 background = objects[partner] * own + (1 - objects[partner]) * other
                 swapped = objects * own + (1 - objects) * background
@@ -226,6 +226,11 @@ class Step:
     def pair_masks(self) -> Tensor:
         """(P, H, W) the pixel mask of each pair's image."""
         return self.masks[self.pairs[:, 0]]
+
+
+def _labelled(masks: Tensor) -> Tensor:
+    """(B,) whether each image has a labelled (non-255) pixel."""
+    return (masks != IGNORE).flatten(1).any(1)
 
 
 def _zero(step: Step) -> Tensor:
@@ -248,8 +253,7 @@ def _ext(step: Step) -> Tensor:
 
 
 def _ext_all(step: Step) -> Tensor:
-    labelled = (step.masks != IGNORE).flatten(1).any(1)
-    if not bool(labelled.any()):
+    if not bool(_labelled(step.masks).any()):
         return _zero(step)
     return all_class_ext_loss(step.class_attention(), step.masks)
 
@@ -258,19 +262,15 @@ def _rrr(step: Step) -> Tensor:
     return input_gradient_loss(step.input_grad(), step.masks)
 
 
-def _bg(step: Step) -> Tensor:
-    index, logits = step.object_logits()
-    return background_invariance_loss(step.logits[index], logits, step.labels[index])
+def _counterfactual(altered: Callable[[Step], tuple[Tensor, Tensor]]) -> Callable[[Step], Tensor]:
+    """A term asking the prediction on altered images ``(index, logits)`` (objects on
+    an erased or swapped background) to stay right and the clean image to agree."""
 
+    def term(step: Step) -> Tensor:
+        index, logits = altered(step)
+        return background_invariance_loss(step.logits[index], logits, step.labels[index])
 
-def _swap(step: Step) -> Tensor:
-    index, logits = step.swapped_logits()
-    return background_invariance_loss(step.logits[index], logits, step.labels[index])
-
-
-def _swap_attention(step: Step) -> Tensor:
-    index, logits = step.swapped_logits(attention=True)
-    return background_invariance_loss(step.logits[index], logits, step.labels[index])
+    return term
 
 
 def _area(step: Step) -> Tensor:
@@ -282,6 +282,6 @@ TERMS.register("ext")(Term(_ext, masks=True))
 TERMS.register("ext_all")(Term(_ext_all, masks=True))
 TERMS.register("rrr")(Term(_rrr, attention=False, masks=True, input_grad=True))
 TERMS.register("area")(Term(_area))
-TERMS.register("bg")(Term(_bg, attention=False, masks=True))
-TERMS.register("swap")(Term(_swap, attention=False, masks=True))
-TERMS.register("swap_attention")(Term(_swap_attention))
+TERMS.register("bg")(Term(_counterfactual(Step.object_logits), attention=False, masks=True))
+TERMS.register("swap")(Term(_counterfactual(Step.swapped_logits), attention=False, masks=True))
+TERMS.register("swap_attention")(Term(_counterfactual(lambda step: step.swapped_logits(attention=True))))

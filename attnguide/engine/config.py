@@ -142,12 +142,10 @@ class TrainConfig:
         parts = guidance_parts(self.guidance)
         if "ext" in parts and self.omega == 0:
             raise AttnGuideError("--guidance ext with --omega 0 is GAIN_self: use --guidance self")
-        if "bg" in parts and self.bg_weight == 0:
-            raise AttnGuideError("--guidance bg with --bg-weight 0 adds nothing: give a weight > 0")
-        if "swap" in parts and self.swap_weight == 0:
-            raise AttnGuideError("--guidance swap with --swap-weight 0 adds nothing: give a weight > 0")
-        if "rrr" in parts and self.rrr_weight == 0:
-            raise AttnGuideError("--guidance rrr with --rrr-weight 0 adds nothing: give a weight > 0")
+        for part in ("bg", "swap", "rrr"):
+            if part in parts and getattr(self, f"{part}_weight") == 0:
+                raise AttnGuideError(f"--guidance {part} with --{part}-weight 0 adds nothing: "
+                                     "give a weight > 0")
         return self
 
 

@@ -220,16 +220,21 @@ def main(argv=None) -> None:
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
     t_start = time.time()
 
+    def add_columns(metrics: dict, run: Path) -> dict:
+        """The --pseudo / --segment columns the run's metrics lack (a run finished in an
+        earlier call may have been scored without them)."""
+        if args.pseudo and "pseudo_miou" not in metrics:
+            metrics.update(pseudo_metrics(run, data, args.device, crf=True))
+        if args.segment and "segmenter_miou" not in metrics:
+            metrics.update(segmenter_metrics(run, data, args.device))
+        return metrics
+
     def finish(job):
         row, seed, proc, t0 = job
         run = args.out / f"{row}-s{seed}"
         if proc.wait() != 0:
             raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
-        metrics = test_metrics(run, data, args.device)
-        if args.pseudo:
-            metrics.update(pseudo_metrics(run, data, args.device, crf=True))
-        if args.segment:
-            metrics.update(segmenter_metrics(run, data, args.device))
+        metrics = add_columns(test_metrics(run, data, args.device), run)
         metrics["seconds"] = time.time() - t0
         (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         results[row].append(metrics)
@@ -239,12 +244,7 @@ def main(argv=None) -> None:
     for row, seed in jobs:
         done_file = args.out / f"{row}-s{seed}" / "test_metrics.json"
         if done_file.exists() and not args.rerun:  # finished in an earlier call: reuse it
-            metrics = json.loads(done_file.read_text())
-            run = done_file.parent
-            if args.pseudo and "pseudo_miou" not in metrics:  # columns asked for later
-                metrics.update(pseudo_metrics(run, data, args.device, crf=True))
-            if args.segment and "segmenter_miou" not in metrics:
-                metrics.update(segmenter_metrics(run, data, args.device))
+            metrics = add_columns(json.loads(done_file.read_text()), done_file.parent)
             done_file.write_text(json.dumps(metrics, indent=2))
             results[row].append(metrics)
             continue

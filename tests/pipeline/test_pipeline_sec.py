@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from pipeline_helpers import fit_until_first_save, same_weights
 from typer.testing import CliRunner
 
 from attnguide import AttnGuideError
@@ -113,22 +114,12 @@ def test_sec_run_resumes_like_an_uninterrupted_run(scenes, cams, tmp_path):
     assert record["train_loss"] == pytest.approx(
         record["train_seed"] + record["train_expand"] + record["train_constrain"])
 
-    trainer = SegmentTrainer(_cfg(scenes, cams, tmp_path / "b", iterations=3, checkpoint_every=1))
-    save = trainer.save
-
-    def save_then_die(*names):
-        save(*names)
-        raise KeyboardInterrupt
-
-    trainer.save = save_then_die
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_first_save(SegmentTrainer(_cfg(scenes, cams, tmp_path / "b", iterations=3,
+                                             checkpoint_every=1)))
     resumed = segment(config_from_options({"resume": str(tmp_path / "b")}))
     assert resumed.history[-1]["step"] == 3
     assert resumed.history[-1]["train_loss"] == pytest.approx(record["train_loss"])
-    a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
-    b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(straight.last_checkpoint, resumed.last_checkpoint)
     with pytest.raises(AttnGuideError, match="--mode sec, not --mode pseudo"):
         SegmentTrainer(config_from_options({"resume": str(tmp_path / "b"), "mode": "pseudo",
                                             "labels": str(cams)}))

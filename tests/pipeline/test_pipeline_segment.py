@@ -11,6 +11,7 @@ import pytest
 import torch
 import typer
 from PIL import Image
+from pipeline_helpers import fit_until_first_save, same_weights
 from typer.testing import CliRunner
 
 from attnguide import AttnGuideError
@@ -62,24 +63,12 @@ def test_unet_on_pseudo_labels_writes_checkpoints_and_val_miou(unet_run):
 def test_resume_continues_and_matches_an_uninterrupted_run(scenes, pseudo, tmp_path):
     straight = segment(_cfg(scenes, pseudo, tmp_path / "a", iterations=4, val_split=""))
     # the same run, killed right after the checkpoint of iteration 2 (mid-epoch: 6 batches an epoch)
-    trainer = SegmentTrainer(_cfg(scenes, pseudo, tmp_path / "b", iterations=4, val_split="",
-                                  checkpoint_every=2))
-    save = trainer.save
-
-    def save_then_die(*names):
-        save(*names)
-        raise KeyboardInterrupt
-
-    trainer.save = save_then_die
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    fit_until_first_save(SegmentTrainer(_cfg(scenes, pseudo, tmp_path / "b", iterations=4,
+                                             val_split="", checkpoint_every=2)))
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 2
     resumed = segment(config_from_options({"resume": str(tmp_path / "b")}))  # config from the run
     assert resumed.history[-1]["step"] == 4
-    a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
-    b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(straight.last_checkpoint, resumed.last_checkpoint)
 
 
 def test_deeplab_largefov_on_ground_truth_with_10x_head_lr(scenes, tmp_path):

@@ -45,6 +45,7 @@ class TrainConfig:
     data_mode: str = "auto"  # labels: auto (single-label iff one label per row), multi, single
     image_size: int = 96  # side S of the S x S training images
     pixel_labels: str | None = None  # images whose masks feed L_e: all (None), a count N, or "10%"
+    labelled_share: float = 0.0  # least share of each batch that is pixel-labelled (0.5: half of every batch; labelled images then recur more often). Only with a guidance that uses masks
     workers: int = 0  # data loading worker processes (0 = in the main process)
 
     # --- model
@@ -133,6 +134,8 @@ class TrainConfig:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         if self.lr == 0:
             raise AttnGuideError("--lr must be > 0")
+        if not 0 <= self.labelled_share <= 1:
+            raise AttnGuideError(f"--labelled-share must lie in [0, 1], got {self.labelled_share}")
         if not 0 <= self.cam_threshold <= 1:
             raise AttnGuideError(f"--cam-threshold must lie in [0, 1], got {self.cam_threshold}")
         if self.weights and self.pretrained:

@@ -6,7 +6,11 @@ Two pieces make a resumed run see exactly the batches of an uninterrupted one:
   order of an epoch is a permutation seeded by ``(seed, epoch)``, sharded like
   ``DistributedSampler`` (padded to a multiple of the world size, rank r takes
   positions r, r + W, ...), and can start at any batch (the batches done before
-  a kill are skipped without loading them).
+  a kill are skipped without loading them). With a pool of pixel-labelled
+  indices and ``labelled_per_batch`` k, every batch holds at least k of them:
+  missing ones replace the batch's last unlabelled items, drawn from the pool
+  in an order seeded by ``(seed, epoch, rank)`` (a few masks then supervise
+  every step instead of one batch in ten).
 - :class:`SeededItems` loads item ``index`` with every generator (torch, numpy,
   python) seeded from ``(seed, epoch, index)`` and restored afterwards, so the
   random augmentation of a sample does not depend on the worker, the batch
@@ -18,7 +22,7 @@ Two pieces make a resumed run see exactly the batches of an uninterrupted one:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import torch
@@ -50,15 +54,20 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: order seed. rank, world_size: the DDP shard.
         shuffle: False keeps 0..n-1 (evaluation).
         drop_last: drop the last partial batch when there is at least one full one.
+        labelled: indices whose pixel masks supervise attention.
+        labelled_per_batch: at least this many of them in every batch (0 = plain order).
 
     Call :meth:`set_epoch` before iterating.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
+                 shuffle: bool = True, drop_last: bool = True, labelled: Collection[int] = (),
+                 labelled_per_batch: int = 0) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.labelled = sorted(labelled)
+        self.labelled_per_batch = min(labelled_per_batch, len(self.labelled), batch_size)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -81,11 +90,37 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch() - self.start)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         shard = self._shard()
-        for b in range(self.start, self.batches_per_epoch()):
-            chunk = shard[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [(self.epoch, i) for i in chunk]
+        batches = [shard[b * self.batch_size:(b + 1) * self.batch_size]
+                   for b in range(self.batches_per_epoch())]
+        # Keys: (epoch, index) for the epoch's own items; (epoch, index, draw) for an
+        # extra labelled item, so its augmentation differs from its other appearances.
+        keyed = [[(self.epoch, i) for i in chunk] for chunk in batches]
+        if self.labelled_per_batch and self.shuffle:
+            self._top_up(batches, keyed)
+        yield from keyed[self.start:]
+
+    def _top_up(self, batches: list[list[int]], keyed: list[list[tuple[int, ...]]]) -> None:
+        """Replace the last unlabelled items of each batch short of labelled ones.
+        Computed for the whole epoch, so a resumed epoch draws the same."""
+        pool, k = set(self.labelled), self.labelled_per_batch
+        stream: list[int] = []
+        cycle = draw = 0
+        for chunk, keys in zip(batches, keyed):
+            missing = k - sum(i in pool for i in chunk)
+            slots = [j for j in reversed(range(len(chunk))) if chunk[j] not in pool][:max(0, missing)]
+            for j in slots:
+                while True:
+                    if not stream:
+                        cycle += 1
+                        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.rank, cycle, 3))
+                        stream = [self.labelled[t] for t in torch.randperm(len(self.labelled), generator=g)]
+                    i = stream.pop()
+                    if i not in chunk:
+                        break
+                draw += 1
+                chunk[j], keys[j] = i, (self.epoch, i, draw)
 
 
 class SeededItems(Dataset):
@@ -98,9 +133,9 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        s = _mix(self.seed, epoch, index, 2)
+    def __getitem__(self, key: tuple[int, ...]):
+        epoch, index, *draw = key  # draw: an extra appearance of a labelled item (EpochBatchSampler)
+        s = _mix(self.seed, epoch, index, 2, *draw)
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(s)  # CPU only: torch.manual_seed would touch CUDA

@@ -173,13 +173,18 @@ class Trainer:
             raise AttnGuideError(
                 f"--guidance {cfg.guidance} needs pixel masks, but no image of split {cfg.train_split!r} has one "
                 "selected (see --pixel-labels); add masks or use --guidance self")
+        if cfg.labelled_share and not needs_masks(cfg.guidance):
+            raise AttnGuideError(f"--labelled-share {cfg.labelled_share} puts pixel-labelled images in every "
+                                 f"batch, but --guidance {cfg.guidance} uses no masks; drop it or use ext, swap, ...")
         if cfg.batch_size % self.dist.world_size:
             raise AttnGuideError(
                 f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
                 f"{self.dist.world_size} processes")
         self.local_batch = cfg.batch_size // self.dist.world_size
+        per_batch = round(cfg.labelled_share * self.local_batch) if needs_masks(cfg.guidance) else 0
         self.sampler = EpochBatchSampler(len(self.train_ds), self.local_batch, cfg.seed,
-                                         self.dist.rank, self.dist.world_size)
+                                         self.dist.rank, self.dist.world_size,
+                                         labelled=self.train_ds.pixel_labelled, labelled_per_batch=per_batch)
         self.loader = make_loader(self.train_ds, self.sampler, cfg.seed, cfg.workers,
                                   pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch()

@@ -105,6 +105,32 @@ def test_order_is_seeded_per_epoch_and_resumable():
     assert tiny.batches_per_epoch() == 1  # but kept when it is all there is
 
 
+def test_labelled_share_tops_up_every_batch_and_resumes():
+    labelled = {2, 11, 17, 30}  # 4 of 40 pixel-labelled: about 0.4 per batch of 4 by chance
+    s = EpochBatchSampler(40, 4, seed=3, labelled=labelled, labelled_per_batch=2)
+    s.set_epoch(1)
+    epoch1 = list(s)
+    plain = EpochBatchSampler(40, 4, seed=3)
+    plain.set_epoch(1)
+    assert len(epoch1) == len(list(plain)) == 10  # same steps per epoch
+    for batch, before in zip(epoch1, plain):
+        indices = [key[1] for key in batch]
+        assert sum(i in labelled for i in indices) >= 2
+        assert len(set(indices)) == len(indices)  # never the same image twice in a batch
+        kept = [key for key in batch if len(key) == 2]
+        assert all(key in before for key in kept)  # only unlabelled items were replaced
+        assert all(key[1] in labelled for key in batch if len(key) == 3)
+    extra = [key for batch in epoch1 for key in batch if len(key) == 3]
+    assert len({key[2] for key in extra}) == len(extra)  # each extra appearance has its own augmentation
+    s.set_epoch(1, start_batch=6)
+    assert list(s) == epoch1[6:]  # a resumed epoch draws the same extras
+    s.set_epoch(2)
+    assert list(s) != epoch1
+    greedy = EpochBatchSampler(40, 4, labelled={5}, labelled_per_batch=3)  # k capped at the pool size
+    greedy.set_epoch(0)
+    assert all(sum(key[1] == 5 for key in batch) == 1 for batch in greedy)
+
+
 class _Noisy(torch.utils.data.Dataset):
     def __len__(self):
         return 10
@@ -123,6 +149,7 @@ def test_seeded_items_depend_only_on_seed_epoch_index():
     random.random()
     assert items[(0, 3)] == a
     assert items[(1, 3)] != a and items[(0, 4)] != a
+    assert items[(0, 3, 1)] != a and items[(0, 3, 1)] == items[(0, 3, 1)]  # an extra draw of item 3
 
 
 def test_lr_schedules():

@@ -197,3 +197,16 @@ def test_auto_guidance_is_ext_and_swap_with_masks_and_self_without(scenes, tmp_p
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["guidance"] == "ext+swap"  # the run records what auto became
     assert result.history[0]["train_loss_swap"] > 0 and result.history[0]["train_loss_ext"] > 0
+
+
+def test_labelled_share_reaches_the_sampler_and_needs_a_mask_guidance(scenes, tmp_path):
+    trainer = Trainer(_cfg(scenes, tmp_path / "run", guidance="ext+swap", pixel_labels="2",
+                           labelled_share=0.5))
+    assert trainer.sampler.labelled_per_batch == 2  # both labelled images, the pool's size
+    trainer.sampler.set_epoch(0)
+    for batch in trainer.sampler:
+        assert sum(key[1] in trainer.train_ds.pixel_labelled for key in batch) == 2
+    with pytest.raises(AttnGuideError, match="--labelled-share 0.5 .* --guidance self uses no masks"):
+        Trainer(_cfg(scenes, tmp_path / "run2", guidance="self", labelled_share=0.5))
+    with pytest.raises(AttnGuideError, match=r"--labelled-share must lie in \[0, 1\]"):
+        train(_cfg(scenes, tmp_path / "run3", labelled_share=2.0))

@@ -132,8 +132,8 @@ def open_dataset(
             any list in ``ImageSets/Segmentation``.
         image_size: side S of the (3, S, S) images and (S, S) masks returned.
         train: random resized crop + horizontal flip (True) or plain resize (False).
-        pixel_labels: which masks may supervise attention: None = every image
-            with a mask; int N = N of them drawn with `seed`; ``"10%"`` = that
+        pixel_labels: which masks may supervise attention: None (or ``"all"``) =
+            every image with a mask; int N = N of them drawn with `seed`; ``"10%"`` = that
             share of the split's images (rounded), drawn among those with masks.
             Subsets of one seed are nested (N=10 is inside N=20).
         seed: seed of the pixel-label draw.
@@ -209,7 +209,7 @@ def select_pixel_labelled(
 ) -> set[int]:
     """Indices of the samples whose masks may supervise attention (see `open_dataset`)."""
     with_mask = [i for i, sample in enumerate(samples) if sample.mask_path is not None]
-    if pixel_labels is None:
+    if pixel_labels is None or (isinstance(pixel_labels, str) and pixel_labels.strip().lower() == "all"):
         return set(with_mask)
     count = _pixel_label_count(pixel_labels, len(samples))
     if count > len(with_mask):
@@ -222,7 +222,7 @@ def select_pixel_labelled(
 
 
 def _pixel_label_count(pixel_labels: int | str, num_samples: int) -> int:
-    usage = "use None (all masks), an int N >= 0, or a percentage string such as '10%'"
+    usage = "use None or 'all' (every mask), an int N >= 0, or a percentage string such as '10%'"
     if isinstance(pixel_labels, int) and not isinstance(pixel_labels, bool):
         if pixel_labels < 0:
             raise AttnGuideError(f"pixel_labels={pixel_labels} is negative; {usage}")

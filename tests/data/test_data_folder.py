@@ -106,6 +106,7 @@ def test_pixel_label_subsets_are_seeded_nested_and_counted(folder):
     assert len(open_dataset(folder, pixel_labels="50%").pixel_labelled) == 5
     assert len(open_dataset(folder, pixel_labels="25%").pixel_labelled) == 3  # 2.5 rounds up
     assert open_dataset(folder, pixel_labels=0).pixel_labelled == set()
+    assert open_dataset(folder, pixel_labels="all").pixel_labelled == open_dataset(folder).pixel_labelled  # as the CLI
 
     ds = open_dataset(folder, pixel_labels=2, seed=1)
     flags = [bool(ds[i]["pixel_label"]) for i in range(len(ds))]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ ROWS = {
                  {"guidance": "ext", "pixel_labels": "10%", "alpha": 0, "ext_classes": "all"}),
     "extall100": ("L_e over every class (alpha=0), 100% pixel labels",
                   {"guidance": "ext", "pixel_labels": "100%", "alpha": 0, "ext_classes": "all"}),
+    "auto10": ("the defaults (--guidance auto), 10% pixel labels", {"guidance": "auto", "pixel_labels": "10%"}),
     "rrr100": ("RRR, 100% pixel labels", {"guidance": "rrr", "pixel_labels": "100%"}),
     "bg10": ("background invariance, 10% pixel labels", {"guidance": "bg", "pixel_labels": "10%"}),
     "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),
@@ -233,6 +235,13 @@ def main(argv=None) -> None:
     common = {**COMMON, **preset_train, **parse_sets(args.set)}
 
     jobs = [(row, seed) for row in args.rows for seed in args.seeds]
+    env = dict(os.environ)
+    if args.device == "cpu" and args.parallel > 1:  # one share of the cores per process, not all to each
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // args.parallel)
+        env["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)  # this process scores runs while the others train
     running: list[tuple[str, int, subprocess.Popen, float]] = []
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
     t_start = time.time()
@@ -276,7 +285,7 @@ def main(argv=None) -> None:
         run.mkdir(parents=True, exist_ok=True)
         log = (run / "train.log").open("w")
         cmd = train_command(data, run, {**common, **ROWS[row][1]}, seed, args.device)
-        running.append((row, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time()))
+        running.append((row, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))
     for job in running:
         finish(job)
 

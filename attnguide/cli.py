@@ -88,7 +88,7 @@ def _train_parameters() -> list[inspect.Parameter]:
     """One typer option per TrainConfig field (default None = "not given")."""
     from rich.markup import escape
 
-    from .engine.config import FIELDS, _base_type, field_help
+    from .engine.config import AUTO_IS_NONE, FIELDS, _base_type, field_help
 
     helps = field_help()
     panels = _panels()
@@ -99,6 +99,8 @@ def _train_parameters() -> list[inspect.Parameter]:
             continue
         flag = "--" + name.replace("_", "-")
         default = f.default
+        if name in AUTO_IS_NONE:  # a number or the word auto, read by coerce()
+            tp, default = str, "auto"
         shown = "" if default in ("", None) else f" [default: {default}]"
         if tp is bool:
             decls = [f"{flag}/--no-{flag[2:]}"]

@@ -342,7 +342,7 @@ class TrainedModel:
 
 def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[str, Any]:
     """GuidedAttention keyword arguments from a training config dict."""
-    from .engine.config import guidance_parts
+    from .engine.config import guidance_parts, resolve_swap_source
 
     parts = guidance_parts(config.get("guidance", "self"))
     omega = config.get("omega", 10.0) if "ext" in parts else 0.0
@@ -363,7 +363,8 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
     if "bg" in parts:
         terms["bg"] = config.get("bg_weight", 1.0)
     if "swap" in parts:
-        name = "swap_attention" if config.get("swap_source", "masks") == "attention" else "swap"
+        source = resolve_swap_source(config.get("swap_source", "masks"), config.get("guidance", "self"))
+        name = "swap_attention" if source == "attention" else "swap"
         terms[name] = config.get("swap_weight", 1.0)
     if terms:
         kwargs["terms"] = terms

@@ -25,8 +25,11 @@ AUTO_GUIDANCE = {False: "self", True: "ext+swap"}
 """What ``--guidance auto`` becomes without / with pixel masks in the training split:
 GAIN's self-guidance, or GAIN_ext plus the background swap (the setting that removed
 the shortcut in benchmarks/RESULTS.md, "Shortcut removal on the cue scenes")."""
+AUTO_LABELLED_SHARE = 0.5
+"""What ``--labelled-share auto`` becomes with a swap term (0 without): half of every batch
+pixel-labelled, so the swap has partners in every step (RESULTS.md, "10 % masks")."""
 EXT_CLASSES = ("target", "all")
-SWAP_SOURCES = ("masks", "attention")
+SWAP_SOURCES = ("auto", "masks", "attention")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "step", "constant")
 AMP_DTYPES = ("auto", "bf16", "fp16")
@@ -45,7 +48,7 @@ class TrainConfig:
     data_mode: str = "auto"  # labels: auto (single-label iff one label per row), multi, single
     image_size: int = 96  # side S of the S x S training images
     pixel_labels: str | None = None  # images whose masks feed L_e: all (None), a count N, or "10%"
-    labelled_share: float = 0.0  # least share of each batch that is pixel-labelled (0.5: half of every batch; labelled images then recur more often). Only with a guidance that uses masks
+    labelled_share: float | None = None  # least share of each batch that is pixel-labelled, in [0, 1] (labelled images then recur more often); auto: 0.5 with a swap term, which needs labelled partners in the batch, else 0. Only with a guidance that uses masks
     workers: int = 0  # data loading worker processes (0 = in the main process)
 
     # --- model
@@ -72,7 +75,7 @@ class TrainConfig:
     rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap)
-    swap_source: str = "masks"  # objects to swap: masks (pixel-labelled images only) or attention (also every other image, cut out by its own attention)
+    swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention), or auto (attention when ext trains it, else masks)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
 
     # --- optimisation
@@ -134,7 +137,7 @@ class TrainConfig:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         if self.lr == 0:
             raise AttnGuideError("--lr must be > 0")
-        if not 0 <= self.labelled_share <= 1:
+        if self.labelled_share is not None and not 0 <= self.labelled_share <= 1:
             raise AttnGuideError(f"--labelled-share must lie in [0, 1], got {self.labelled_share}")
         if not 0 <= self.cam_threshold <= 1:
             raise AttnGuideError(f"--cam-threshold must lie in [0, 1], got {self.cam_threshold}")
@@ -156,6 +159,31 @@ def resolve_guidance(guidance: str, has_masks: bool) -> str:
     """``auto`` -> `AUTO_GUIDANCE` for a training split with or without pixel masks;
     any other value unchanged."""
     return AUTO_GUIDANCE[bool(has_masks)] if guidance == "auto" else guidance
+
+
+def resolve_swap_source(swap_source: str, guidance: str) -> str:
+    """``auto`` -> ``attention`` when the guidance has ``ext`` (whose L_e trains the
+    attention that cuts out unlabelled images' objects), else ``masks``."""
+    if swap_source != "auto":
+        return swap_source
+    return "attention" if {"ext", "swap"} <= guidance_parts(guidance) else "masks"
+
+
+def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
+    """Resolve ``cfg``'s auto options in place once the training split is known; return
+    the line that says what ``--guidance auto`` became (None when it was not auto)."""
+    note = None
+    if cfg.guidance == "auto":
+        cfg.guidance = resolve_guidance("auto", has_masks)
+        note = f"--guidance auto: {cfg.guidance}"
+    parts = guidance_parts(cfg.guidance)
+    cfg.swap_source = resolve_swap_source(cfg.swap_source, cfg.guidance)
+    if cfg.labelled_share is None:
+        cfg.labelled_share = AUTO_LABELLED_SHARE if "swap" in parts else 0.0
+    if note and "swap" in parts:
+        note += (f" (swap source {cfg.swap_source}; at least {cfg.labelled_share:.0%} of every batch "
+                 "pixel-labelled)")
+    return note
 
 
 def guidance_parts(guidance: str) -> frozenset[str]:
@@ -206,6 +234,8 @@ def field_help() -> dict[str, str]:
 
 
 _HINTS: dict[str, Any] = {}
+AUTO_IS_NONE = {"labelled_share"}
+"""Optional fields whose None means "decided by the run" and that accept the word auto."""
 
 
 def _base_type(name: str) -> tuple[type, bool]:
@@ -223,6 +253,8 @@ def _base_type(name: str) -> tuple[type, bool]:
 def coerce(name: str, value: Any, source: str) -> Any:
     """Convert a value from a config file or the command line to the field's type."""
     tp, optional = _base_type(name)
+    if name in AUTO_IS_NONE and isinstance(value, str) and value.strip().lower() == "auto":
+        return None
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")
                          and optional):
         if optional:
@@ -258,7 +290,8 @@ def coerce(name: str, value: Any, source: str) -> Any:
     else:
         return value
     want = getattr(tp, "__name__", str(tp))
-    raise AttnGuideError(f"{source}: {name} must be {want}{' or null' if optional else ''}, got {value!r}")
+    alternative = " or auto" if name in AUTO_IS_NONE else " or null" if optional else ""
+    raise AttnGuideError(f"{source}: {name} must be {want}{alternative}, got {value!r}")
 
 
 def normalize_keys(raw: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..errors import AttnGuideError
 from ..models import create_model, guide_kwargs, resolve_checkpoint
 from . import checkpoint as ckpt_io
-from .config import TrainConfig, needs_masks, resolve_guidance, save_config
+from .config import TrainConfig, needs_masks, resolve_auto, save_config
 from .distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
 from .loader import EpochBatchSampler, make_loader
 from .metrics import (
@@ -164,11 +164,11 @@ class Trainer:
                                        mode="multi" if self.multilabel else "single")
             if list(self.val_ds.class_names) != self.class_names:
                 raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
-        self.auto_note = None  # said when training starts, not before a set-up error
-        if cfg.guidance == "auto":
-            cfg.guidance = resolve_guidance("auto", self.train_ds.pixel_labelled)
-            self.auto_note = (f"--guidance auto: {cfg.guidance} (split {cfg.train_split!r} "
-                              f"{'has' if self.train_ds.pixel_labelled else 'has no'} pixel masks)")
+        # said when training starts, not before a set-up error
+        self.auto_note = resolve_auto(cfg, bool(self.train_ds.pixel_labelled))
+        if self.auto_note:
+            self.auto_note += (f"; split {cfg.train_split!r} "
+                               f"{'has' if self.train_ds.pixel_labelled else 'has no'} pixel masks")
         if needs_masks(cfg.guidance) and not self.train_ds.pixel_labelled:
             raise AttnGuideError(
                 f"--guidance {cfg.guidance} needs pixel masks, but no image of split {cfg.train_split!r} has one "

@@ -196,7 +196,8 @@ def test_auto_guidance_is_ext_and_swap_with_masks_and_self_without(scenes, tmp_p
     result = train(_cfg(scenes, tmp_path / "run", guidance="auto", epochs=1, warmup_epochs=0))
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["guidance"] == "ext+swap"  # the run records what auto became
-    assert result.history[0]["train_loss_swap"] > 0 and result.history[0]["train_loss_ext"] > 0
+    assert saved["swap_source"] == "attention" and saved["labelled_share"] == 0.5  # and its auto parts
+    assert result.history[0]["train_loss_swap_attention"] > 0 and result.history[0]["train_loss_ext"] > 0
 
 
 def test_labelled_share_reaches_the_sampler_and_needs_a_mask_guidance(scenes, tmp_path):
@@ -210,3 +211,9 @@ def test_labelled_share_reaches_the_sampler_and_needs_a_mask_guidance(scenes, tm
         Trainer(_cfg(scenes, tmp_path / "run2", guidance="self", labelled_share=0.5))
     with pytest.raises(AttnGuideError, match=r"--labelled-share must lie in \[0, 1\]"):
         train(_cfg(scenes, tmp_path / "run3", labelled_share=2.0))
+    from attnguide.engine.config import resolve_config
+
+    assert resolve_config({"labelled_share": "auto"}).labelled_share is None
+    assert resolve_config({"labelled_share": "0.25"}).labelled_share == 0.25
+    with pytest.raises(AttnGuideError, match="labelled_share must be float or auto, got 'half'"):
+        resolve_config({"labelled_share": "half"})

@@ -59,12 +59,13 @@ ROWS = {
     "rrr100": ("RRR, 100% pixel labels", {"guidance": "rrr", "pixel_labels": "100%"}),
     "bg10": ("background invariance, 10% pixel labels", {"guidance": "bg", "pixel_labels": "10%"}),
     "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),
-    "swap10": ("background swap, 10% pixel labels", {"guidance": "swap", "pixel_labels": "10%"}),
+    "swap10": ("background swap, 10% pixel labels", {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0}),
     "swap100": ("background swap, 100% pixel labels", {"guidance": "swap", "pixel_labels": "100%"}),
     "swap10half": ("background swap, 10% pixel labels, half of every batch pixel-labelled",
                    {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5}),
     "extswap10half": ("GAIN_ext + background swap, 10% pixel labels, half of every batch pixel-labelled",
-                      {"guidance": "ext+swap", "pixel_labels": "10%", "labelled_share": 0.5}),
+                      {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "masks",
+                       "labelled_share": 0.5}),
     "swap10most": ("background swap, 10% pixel labels, three quarters of every batch pixel-labelled",
                    {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.75}),
     "extswapatt10half": ("GAIN_ext + background swap, objects also cut by attention, 10% pixel labels, "
@@ -72,11 +73,12 @@ ROWS = {
                          {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention",
                           "labelled_share": 0.5}),
     "extswapatt10": ("GAIN_ext + background swap, objects also cut by attention, 10% pixel labels",
-                     {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention"}),
+                     {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention",
+                      "labelled_share": 0}),
     "extswap10": ("GAIN_ext + background swap, 10% pixel labels",
-                  {"guidance": "ext+swap", "pixel_labels": "10%"}),
+                  {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "masks", "labelled_share": 0}),
     "extswap100": ("GAIN_ext + background swap, 100% pixel labels",
-                   {"guidance": "ext+swap", "pixel_labels": "100%"}),
+                   {"guidance": "ext+swap", "pixel_labels": "100%", "swap_source": "masks"}),
     "swap100_unbiased": ("background swap, 100% pixel labels, trained without the shortcut",
                          {"guidance": "swap", "pixel_labels": "100%", "train_split": "train_unbiased"}),
     "oracle": ("oracle (trained without the shortcut)",
@@ -206,6 +208,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=None, help="scenes folder (default: OUT/scenes)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--one-seed", nargs="+", default=[], choices=list(ROWS), metavar="ROW",
+                   help="rows (among --rows) trained with the first seed only: the spread is for the main rows")
     p.add_argument("--set", action="append", default=[], help="override a training option, key=value")
     p.add_argument("--scenes", action="append", default=[], help="make_scenes option, key=value")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -216,6 +220,8 @@ def main(argv=None) -> None:
                    help="also score each run's pseudo labels of the train split, with and without CRF")
     p.add_argument("--segment", action="store_true",
                    help="also train a small segmenter on each run's CRF pseudo labels (implies --pseudo)")
+    p.add_argument("--segment-seeds", type=int, default=None, metavar="N",
+                   help="segmenters for the first N seeds of each row only (the slowest step; default all)")
     p.add_argument("--plots", type=Path, default=None, metavar="PREFIX",
                    help="write PREFIX.png (the table as bars) and PREFIX_attention.png (test images' "
                         "attention of each row's first seed)")
@@ -234,7 +240,9 @@ def main(argv=None) -> None:
     data = args.data or make_scenes(args.out / "scenes", **{**preset_scenes, **scene_opts})
     common = {**COMMON, **preset_train, **parse_sets(args.set)}
 
-    jobs = [(row, seed) for row in args.rows for seed in args.seeds]
+    jobs = [(row, seed) for row in args.rows
+            for seed in (args.seeds[:1] if row in args.one_seed else args.seeds)]
+    segment_seeds = set(args.seeds[:args.segment_seeds])
     env = dict(os.environ)
     if args.device == "cpu" and args.parallel > 1:  # one share of the cores per process, not all to each
         import torch
@@ -246,12 +254,12 @@ def main(argv=None) -> None:
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
     t_start = time.time()
 
-    def add_columns(metrics: dict, run: Path) -> dict:
+    def add_columns(metrics: dict, run: Path, seed: int) -> dict:
         """The --pseudo / --segment columns the run's metrics lack (a run finished in an
         earlier call may have been scored without them)."""
         if args.pseudo and "pseudo_miou" not in metrics:
             metrics.update(pseudo_metrics(run, data, args.device, crf=True))
-        if args.segment and "segmenter_miou" not in metrics:
+        if args.segment and "segmenter_miou" not in metrics and seed in segment_seeds:
             metrics.update(segmenter_metrics(run, data, args.device))
         return metrics
 
@@ -260,17 +268,17 @@ def main(argv=None) -> None:
         run = args.out / f"{row}-s{seed}"
         if proc.wait() != 0:
             raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
-        metrics = add_columns(test_metrics(run, data, args.device), run)
+        metrics = add_columns(test_metrics(run, data, args.device), run, seed)
         metrics["seconds"] = time.time() - t0
         (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         results[row].append(metrics)
-        print(f"{row:9s} seed {seed}: " + ", ".join(f"{name} {metrics.get(key) or float('nan'):.3f}"
+        print(f"{row:9s} seed {seed}: " + ", ".join(f"{name} {metrics[key] if metrics.get(key) is not None else float('nan'):.3f}"
               for key, name in columns) + f" ({metrics['seconds']:.0f} s)", flush=True)
 
     for row, seed in jobs:
         done_file = args.out / f"{row}-s{seed}" / "test_metrics.json"
         if done_file.exists() and not args.rerun:  # finished in an earlier call: reuse it
-            metrics = add_columns(json.loads(done_file.read_text()), done_file.parent)
+            metrics = add_columns(json.loads(done_file.read_text()), done_file.parent, seed)
             done_file.write_text(json.dumps(metrics, indent=2))
             results[row].append(metrics)
             continue
@@ -289,11 +297,11 @@ def main(argv=None) -> None:
     for job in running:
         finish(job)
 
-    lines = ["| row | " + " | ".join(name for _, name in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = ["| row | seeds | " + " | ".join(name for _, name in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for row in args.rows:
         cells = [summarise([m[key] for m in results[row] if m.get(key) is not None]) for key, _ in columns]
-        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ROWS[row][0]} | {len(results[row])} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     pictures = ""
@@ -318,7 +326,8 @@ def main(argv=None) -> None:
         where = platform.node() if args.device == "cpu" else args.device
         settings = ", ".join(f"{k}={v}" for k, v in common.items())
         text = (f"\n### Scenes: guided attention against the shortcut — {dt.date.today()} — {where}\n\n"
-                f"`{cmd}`\n\nSettings: {settings}; seeds {args.seeds} (mean ± std); test split is "
+                f"`{cmd}`\n\nSettings: {settings}; seeds {args.seeds} (mean ± std over the seeds a "
+                f"row has{'; segmenters for seeds ' + str(sorted(segment_seeds)) if args.segment else ''}); test split is "
                 f"unbiased; last checkpoint; {time.time() - t_start:.0f} s in all.\n\n{table}\n{pictures}")
         with RESULTS.open("a") as f:
             f.write(text)

@@ -252,7 +252,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(threads)  # this process scores runs while the others train
     running: list[tuple[str, int, subprocess.Popen, float]] = []
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
-    t_start = time.time()
+    t_start, reused = time.time(), 0
 
     def add_columns(metrics: dict, run: Path, seed: int) -> dict:
         """The --pseudo / --segment columns the run's metrics lack (a run finished in an
@@ -278,6 +278,7 @@ def main(argv=None) -> None:
     for row, seed in jobs:
         done_file = args.out / f"{row}-s{seed}" / "test_metrics.json"
         if done_file.exists() and not args.rerun:  # finished in an earlier call: reuse it
+            reused += 1
             metrics = add_columns(json.loads(done_file.read_text()), done_file.parent, seed)
             done_file.write_text(json.dumps(metrics, indent=2))
             results[row].append(metrics)
@@ -328,7 +329,8 @@ def main(argv=None) -> None:
         text = (f"\n### Scenes: guided attention against the shortcut — {dt.date.today()} — {where}\n\n"
                 f"`{cmd}`\n\nSettings: {settings}; seeds {args.seeds} (mean ± std over the seeds a "
                 f"row has{'; segmenters for seeds ' + str(sorted(segment_seeds)) if args.segment else ''}); test split is "
-                f"unbiased; last checkpoint; {time.time() - t_start:.0f} s in all.\n\n{table}\n{pictures}")
+                f"unbiased; last checkpoint; {time.time() - t_start:.0f} s for this call"
+                f"{f' ({reused} runs reused from earlier calls)' if reused else ''}.\n\n{table}\n{pictures}")
         with RESULTS.open("a") as f:
             f.write(text)
         print(f"appended to {RESULTS}")

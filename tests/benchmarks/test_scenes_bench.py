@@ -1,0 +1,46 @@
+"""benchmarks/scenes/run.py on tiny scenes: rows x seeds with --one-seed, the pseudo-label
+columns, the table's seeds column, and reuse of finished runs by a second call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "benchmarks" / "scenes" / "run.py"
+TINY = ["--scenes", "n_train=16", "--scenes", "n_val=4", "--scenes", "n_test=8", "--scenes", "image_size=48",
+        "--set", "model=test_resnet", "--set", "image_size=48", "--set", "epochs=1",
+        "--set", "warmup_epochs=0", "--set", "batch_size=8", "--set", "snapshots=0"]
+
+
+def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(DRIVER), "--out", str(out), *TINY, *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _table(stdout: str) -> dict[str, list[str]]:
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_scenes_bench_rows_seeds_pseudo_columns_and_reuse(tmp_path):
+    out = tmp_path / "bench"
+    first = _run(out, "--rows", "baseline", "ext10", "--one-seed", "ext10", "--seeds", "0", "1",
+                 "--pseudo", "--parallel", "2")
+    table = _table(first.stdout)
+    baseline, ext10 = table["unguided (CAM baseline)"], table["GAIN_ext, 10% pixel labels"]
+    assert baseline[0] == "2" and ext10[0] == "1"  # seeds column: --one-seed trains seed 0 only
+    assert "±" in baseline[2] and "±" not in ext10[2]  # mAP: spread only over several seeds
+    assert sorted(p.name for p in out.iterdir() if p.name != "scenes") == [
+        "baseline-s0", "baseline-s1", "ext10-s0"]
+    metrics = json.loads((out / "ext10-s0" / "test_metrics.json").read_text())
+    assert 0 <= metrics["pseudo_miou"] <= 1 and 0 <= metrics["pseudo_miou_crf"] <= 1
+    assert 0 <= metrics["test_map"] <= 1
+
+    again = _run(out, "--rows", "baseline", "ext10", "--one-seed", "ext10", "--seeds", "0", "1", "--pseudo")
+    assert "seed" not in again.stdout.split("| row")[0]  # nothing trained: every run was reused
+    assert _table(again.stdout) == table

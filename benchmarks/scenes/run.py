@@ -133,7 +133,11 @@ def train_command(data: Path, run: Path, options: dict, seed: int, device: str) 
     cmd = [sys.executable, "-m", "attnguide", "train", "--data", str(data), "--out", str(run),
            "--seed", str(seed), "--device", device, "--quiet", "--overwrite"]
     for key, value in options.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):  # typer flags: --detach-weights / --no-detach-weights
+            cmd.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            cmd += [f"--{flag}", str(value)]
     return cmd
 
 
@@ -327,7 +331,7 @@ def main(argv=None) -> None:
 
         first = [r for r in args.rows if (args.out / f"{r}-s{args.seeds[0]}" / "last.pt").exists()]
         grid = attention_grid([args.out / f"{r}-s{args.seeds[0]}" / "last.pt" for r in first], data,
-                              split="test", images=4, names=first,
+                              split="test", images=4, names=first, max_classes=1,
                               out_png=args.plots.parent / f"{args.plots.name}_attention.png",
                               title="unbiased test images: attention of each row, seed "
                                     f"{args.seeds[0]}")

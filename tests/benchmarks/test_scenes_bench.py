@@ -44,3 +44,19 @@ def test_scenes_bench_rows_seeds_pseudo_columns_and_reuse(tmp_path):
     again = _run(out, "--rows", "baseline", "ext10", "--one-seed", "ext10", "--seeds", "0", "1", "--pseudo")
     assert "seed" not in again.stdout.split("| row")[0]  # nothing trained: every run was reused
     assert _table(again.stdout) == table
+
+
+def test_train_command_passes_booleans_as_flags(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scenes_bench", DRIVER)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cmd = bench.train_command(tmp_path, tmp_path / "run", {"detach_weights": True, "freeze_bn": False,
+                                                            "alpha": 0}, seed=1, device="cpu")
+    assert "--detach-weights" in cmd and "--no-freeze-bn" in cmd and "True" not in cmd
+    assert cmd[cmd.index("--alpha") + 1] == "0"
+    from attnguide.engine.config import FIELDS
+
+    for row, (_, options) in bench.ROWS.items():  # every row's options are train options
+        assert set(options) <= set(FIELDS), row

@@ -4,8 +4,9 @@ classifier from using the shortcut?
 Rows: an unguided classifier (the CAM baseline), GAIN, GAIN_ext with 2%, 10% and
 100% of the training images pixel-labelled, RRR, and an oracle trained on scenes
 without the shortcut. Columns: accuracy and mAP on the unbiased test split, CAM
-mIoU and the share of attention inside the objects. Each (row, seed) trains in
-its own process (``--parallel`` at a time); seeds give the spread.
+mIoU and the share of attention inside the objects; with --pseudo / --segment the
+pseudo-label and segmenter mIoU. Each (row, seed) is a job, trained and then scored in
+processes of its own, ``--parallel`` jobs at a time, longest first; seeds give the spread.
 
     python benchmarks/scenes/run.py --out runs/scenes-bench --seeds 0 1 2 --write
     python benchmarks/scenes/run.py --rows baseline ext10 --set epochs=4 --set lr=3e-4
@@ -22,7 +23,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from attnguide.demo import CLASSIFIER as DEMO_CLASSIFIER
@@ -184,6 +187,24 @@ def segmenter_metrics(run: Path, data: Path, device: str) -> dict:
     return {"segmenter_miou": evaluate_predictions(pred, data=str(data), split="test").miou}
 
 
+def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool) -> None:
+    """Add the columns the run's test_metrics.json lacks (all of them for a new run): test
+    metrics, and with ``pseudo`` / ``segment`` the pseudo-label and segmenter mIoU."""
+    done_file = run / "test_metrics.json"
+    metrics = json.loads(done_file.read_text()) if done_file.exists() else test_metrics(run, data, device)
+    if (pseudo or segment) and "pseudo_miou" not in metrics:
+        metrics.update(pseudo_metrics(run, data, device, crf=True))
+    if segment and "segmenter_miou" not in metrics:
+        metrics.update(segmenter_metrics(run, data, device))
+    write_json(done_file, metrics)
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # atomic: a killed call never leaves half a file
+
+
 def plot_table(results: dict[str, list[dict]], columns: list[tuple[str, str]], out_png: Path) -> Path:
     """Bar chart of the table: one panel per column, mean over seeds with each seed as a dot."""
     import matplotlib
@@ -246,7 +267,11 @@ def main(argv=None) -> None:
     p.add_argument("--rerun", action="store_true",
                    help="train again rows that already have OUT/ROW-sSEED/test_metrics.json")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--score", type=Path, default=None, help=argparse.SUPPRESS)  # one run's columns (a job's 2nd step)
     args = p.parse_args(argv)
+    if args.score:
+        score_run(args.score, args.data, args.device, args.pseudo, args.segment)
+        return
     args.pseudo = args.pseudo or args.segment
     columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else []) + (SEGMENT_COLUMNS if args.segment else [])
 
@@ -263,58 +288,75 @@ def main(argv=None) -> None:
     segment_seeds = set(args.seeds[:args.segment_seeds])
     env = dict(os.environ)
     if args.device == "cpu" and args.parallel > 1:  # one share of the cores per process, not all to each
-        import torch
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))
+    t_start = time.time()
 
-        threads = max(1, (os.cpu_count() or 1) // args.parallel)
-        env["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)  # this process scores runs while the others train
-    running: list[tuple[str, int, subprocess.Popen, float]] = []
-    results: dict[str, list[dict]] = {row: [] for row in args.rows}
-    t_start, reused = time.time(), 0
+    stop = threading.Event()  # set by the first job that fails: queued jobs then do nothing
 
-    def add_columns(metrics: dict, run: Path, seed: int) -> dict:
-        """The --pseudo / --segment columns the run's metrics lack (a run finished in an
-        earlier call may have been scored without them)."""
-        if args.pseudo and "pseudo_miou" not in metrics:
-            metrics.update(pseudo_metrics(run, data, args.device, crf=True))
-        if args.segment and "segmenter_miou" not in metrics and seed in segment_seeds:
-            metrics.update(segmenter_metrics(run, data, args.device))
-        return metrics
+    def run_job(row: str, seed: int) -> tuple[dict, bool, bool] | None:
+        if stop.is_set():
+            return None
+        try:
+            return train_and_score(row, seed)
+        except BaseException:
+            stop.set()
+            raise
 
-    def finish(job):
-        row, seed, proc, t0 = job
+    def train_and_score(row: str, seed: int) -> tuple[dict, bool, bool]:
+        """Train (row, seed) unless an earlier call finished it, then score it in a process of
+        its own, so that --parallel jobs keep that many cores busy through every step.
+        Returns the metrics, whether it trained and whether it was scored."""
         run = args.out / f"{row}-s{seed}"
-        if proc.wait() != 0:
-            raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
-        metrics = add_columns(test_metrics(run, data, args.device), run, seed)
-        metrics["seconds"] = time.time() - t0
-        (run / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
-        results[row].append(metrics)
-        print(f"{row:9s} seed {seed}: " + ", ".join(f"{name} {metrics[key] if metrics.get(key) is not None else float('nan'):.3f}"
-              for key, name in columns) + f" ({metrics['seconds']:.0f} s)", flush=True)
+        done_file = run / "test_metrics.json"
+        trained = False
+        t0 = time.time()
+        if args.rerun or not done_file.exists():
+            done_file.unlink(missing_ok=True)
+            run.mkdir(parents=True, exist_ok=True)
+            cmd = train_command(data, run, {**common, **ROWS[row][1]}, seed, args.device)
+            with (run / "train.log").open("w") as log:
+                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
+                    raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
+            trained = True
+        wanted = [k for k, _ in columns if k != "segmenter_miou" or seed in segment_seeds]
+        have = json.loads(done_file.read_text()) if done_file.exists() else {}
+        scored = any(k not in have for k in wanted)
+        if scored:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--score", str(run), "--data", str(data),
+                   "--device", args.device] + ["--pseudo"] * args.pseudo + ["--segment"] * (seed in segment_seeds)
+            with (run / "score.log").open("w") as log:
+                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
+                    raise SystemExit(f"scoring {row} seed {seed} failed; see {run}/score.log")
+            have = json.loads(done_file.read_text())
+        if trained:
+            have["seconds"] = time.time() - t0
+            write_json(done_file, have)
+        return have, trained, scored
 
-    for row, seed in jobs:
-        done_file = args.out / f"{row}-s{seed}" / "test_metrics.json"
-        if done_file.exists() and not args.rerun:  # finished in an earlier call: reuse it
-            reused += 1
-            metrics = add_columns(json.loads(done_file.read_text()), done_file.parent, seed)
-            done_file.write_text(json.dumps(metrics, indent=2))
-            results[row].append(metrics)
-            continue
-        while len(running) >= args.parallel:
-            done = next((j for j in running if j[2].poll() is not None), None)
-            if done is None:
-                time.sleep(1)
+    # Longest jobs first (segmenters, then masks-guided rows), so no core idles at the end.
+    order = sorted(jobs, key=lambda j: (j[1] not in segment_seeds, ROWS[j[0]][1].get("guidance") == "none"))
+    found: dict[tuple[str, int], dict] = {}
+    reused = 0
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # threads only wait on processes
+        futures = {pool.submit(run_job, row, seed): (row, seed) for row, seed in order}
+        for future in as_completed(futures):
+            row, seed = futures[future]
+            try:
+                done = future.result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end, start no more
+                raise
+            if done is None:  # skipped after another job failed
                 continue
-            running.remove(done)
-            finish(done)
-        run = args.out / f"{row}-s{seed}"
-        run.mkdir(parents=True, exist_ok=True)
-        log = (run / "train.log").open("w")
-        cmd = train_command(data, run, {**common, **ROWS[row][1]}, seed, args.device)
-        running.append((row, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()))
-    for job in running:
-        finish(job)
+            metrics, trained, scored = done
+            found[row, seed] = metrics
+            reused += not trained
+            if not (trained or scored):
+                continue
+            print(f"{row:9s} seed {seed}: " + ", ".join(
+                f"{name} {metrics[key] if metrics.get(key) is not None else float('nan'):.3f}"
+                for key, name in columns) + f" ({metrics.get('seconds', float('nan')):.0f} s)", flush=True)
+    results = {row: [found[r, s] for r, s in jobs if r == row] for row in args.rows}
 
     lines = ["| row | seeds | " + " | ".join(name for _, name in columns) + " |",
              "|---|---|" + "---|" * len(columns)]

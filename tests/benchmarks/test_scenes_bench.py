@@ -60,3 +60,13 @@ def test_train_command_passes_booleans_as_flags(tmp_path):
 
     for row, (_, options) in bench.ROWS.items():  # every row's options are train options
         assert set(options) <= set(FIELDS), row
+
+
+def test_scenes_bench_failed_training_names_the_run_and_starts_no_more(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(DRIVER), "--out", str(out), *TINY, "--set", "lr=-1",
+                           "--rows", "baseline", "gain", "--parallel", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "training gain seed 0 failed; see" in proc.stderr  # guided rows start first
+    assert not (out / "baseline-s0").exists()  # the queued job was cancelled

@@ -26,13 +26,13 @@ import difflib
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnguide.errors import AttnGuideError
+from attnguide.models import LoadReport  # one report type for every weights file
 
 __all__ = [
     "DeepLabLargeFOV",
@@ -118,21 +118,6 @@ class DeepLabLargeFOV(nn.Module):
         return [{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
 
 
-@dataclass(frozen=True)
-class LoadReport:
-    """What a weight file gave a model.
-
-    Attributes:
-        loaded: parameter names of the model that were set from the file.
-        missing: model parameter names the file did not have.
-        unexpected: names in the file the model has no place for.
-    """
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``torch.save`` file (``weights_only=True``), nested
     ``state_dict``/``model`` entries unwrapped and a ``module.`` prefix (DataParallel)
@@ -142,7 +127,8 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike,
+               source: str) -> LoadReport:
     """Copy the tensors of ``state`` whose names and shapes match ``module``'s; report the rest."""
     own = module.state_dict()
     mismatched = [
@@ -162,6 +148,7 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -
         )
     module.load_state_dict(usable, strict=False)
     return LoadReport(
+        path=str(path),
         loaded=sorted(usable),
         missing=sorted(k for k in own if k not in usable),
         unexpected=sorted(k for k in state if k not in own),
@@ -191,8 +178,9 @@ def load_vgg16_weights(model: DeepLabLargeFOV, path: str | os.PathLike) -> LoadR
         k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")
     }
     others = sorted(k for k in state if not k.startswith("features."))
-    report = _load_into(model.features, features, f"VGG16 file {str(path)!r}")
+    report = _load_into(model.features, features, path, f"VGG16 file {str(path)!r}")
     return LoadReport(
+        path=str(path),
         loaded=[f"features.{k}" for k in report.loaded],
         missing=[f"features.{k}" for k in report.missing],
         unexpected=[f"features.{k}" for k in report.unexpected] + others,
@@ -297,7 +285,8 @@ def create_segmenter(
         # tu- encoders wrap the timm model (features_only) in ``.model``, with timm's names
         target = model.encoder.model if encoder.startswith("tu-") else model.encoder
         state = _read_state_dict(encoder_weights_path)
-        report = _load_into(target, state, f"encoder weight file {str(encoder_weights_path)!r}")
+        report = _load_into(target, state, encoder_weights_path,
+                            f"encoder weight file {str(encoder_weights_path)!r}")
         _warn_missing(report, encoder_weights_path)
     return model
 

@@ -77,6 +77,20 @@ ROWS = {
                        {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0.75}),
     "auto10_swap2": ("defaults, 10%, swap weight 2",
                      {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 2}),
+    "auto10_swap4": ("defaults, 10%, swap weight 4",
+                     {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 4}),
+    "auto10_share75_swap2": ("defaults, 10%, three quarters of every batch pixel-labelled, swap weight 2",
+                             {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0.75,
+                              "swap_weight": 2}),
+    "auto10_unbiased": ("defaults, 10%, trained without the shortcut",
+                        {"guidance": "auto", "pixel_labels": "10%", "train_split": "train_unbiased"}),
+    # Twice the epochs of the preset (the cue preset trains 15): does a longer run let the
+    # few masks reach the rest? Compare with the e30 baseline and oracle only.
+    "baseline_e30": ("unguided, 30 epochs", {"guidance": "none", "epochs": 30}),
+    "oracle_e30": ("oracle, 30 epochs", {"guidance": "none", "train_split": "train_unbiased", "epochs": 30}),
+    "auto10_e30": ("defaults, 10%, 30 epochs", {"guidance": "auto", "pixel_labels": "10%", "epochs": 30}),
+    "auto10_swap2_e30": ("defaults, 10%, swap weight 2, 30 epochs",
+                         {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 2, "epochs": 30}),
     "rrr100": ("RRR, 100% pixel labels", {"guidance": "rrr", "pixel_labels": "100%"}),
     "bg10": ("background invariance, 10% pixel labels", {"guidance": "bg", "pixel_labels": "10%"}),
     "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),
@@ -291,7 +305,7 @@ def main(argv=None) -> None:
             for seed in (args.seeds[:1] if row in args.one_seed else args.seeds)]
     segment_seeds = set(args.seeds[:args.segment_seeds])
     env = dict(os.environ)
-    if args.device == "cpu" and args.parallel > 1:  # one share of the cores per process, not all to each
+    if args.parallel > 1:  # one share of the cores per process, not all to each (on CUDA too)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.parallel))
     t_start = time.time()
 
@@ -327,7 +341,7 @@ def main(argv=None) -> None:
         scored = any(k not in have for k in wanted)
         if scored:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--score", str(run), "--data", str(data),
-                   "--device", args.device] + ["--pseudo"] * args.pseudo + ["--segment"] * (seed in segment_seeds)
+                   "--device", args.device] + ["--pseudo"] * args.pseudo + ["--segment"] * (args.segment and seed in segment_seeds)
             with (run / "score.log").open("w") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
                     raise SystemExit(f"scoring {row} seed {seed} failed; see {run}/score.log")
@@ -337,8 +351,10 @@ def main(argv=None) -> None:
             write_json(done_file, have)
         return have, trained, scored
 
-    # Longest jobs first (segmenters, then masks-guided rows), so no core idles at the end.
-    order = sorted(jobs, key=lambda j: (j[1] not in segment_seeds, ROWS[j[0]][1].get("guidance") == "none"))
+    # Longest jobs first (segmenters, then more epochs, then masks-guided rows), so no core idles at the end.
+    order = sorted(jobs, key=lambda j: (j[1] not in segment_seeds,
+                                        -int({**common, **ROWS[j[0]][1]}["epochs"]),
+                                        ROWS[j[0]][1].get("guidance") == "none"))
     found: dict[tuple[str, int], dict] = {}
     reused = 0
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # threads only wait on processes

@@ -40,6 +40,7 @@ def test_scenes_bench_rows_seeds_pseudo_columns_and_reuse(tmp_path):
     metrics = json.loads((out / "ext10-s0" / "test_metrics.json").read_text())
     assert 0 <= metrics["pseudo_miou"] <= 1 and 0 <= metrics["pseudo_miou_crf"] <= 1
     assert 0 <= metrics["test_map"] <= 1
+    assert "segmenter_miou" not in metrics  # no segmenter is trained without --segment
 
     again = _run(out, "--rows", "baseline", "ext10", "--one-seed", "ext10", "--seeds", "0", "1", "--pseudo")
     assert "seed" not in again.stdout.split("| row")[0]  # nothing trained: every run was reused

@@ -48,7 +48,7 @@ class TrainConfig:
     data_mode: str = "auto"  # labels: auto (single-label iff one label per row), multi, single
     image_size: int = 96  # side S of the S x S training images
     pixel_labels: str | None = None  # images whose masks feed L_e: all (None), a count N, or "10%"
-    labelled_share: float | None = None  # least share of each batch that is pixel-labelled, in [0, 1] (labelled images then recur more often); auto: 0.5 with a swap term, which needs labelled partners in the batch, else 0. Only with a guidance that uses masks
+    labelled_share: float | None = None  # share of each batch that is pixel-labelled, in [0, 1]: the labelled images recur, and an epoch lasts until every image was shown once (more steps per epoch); auto: 0.5 with a swap term, which needs labelled partners in the batch, else 0. Only with a guidance that uses masks
     workers: int = 0  # data loading worker processes (0 = in the main process)
 
     # --- model

@@ -7,10 +7,10 @@ Two pieces make a resumed run see exactly the batches of an uninterrupted one:
   ``DistributedSampler`` (padded to a multiple of the world size, rank r takes
   positions r, r + W, ...), and can start at any batch (the batches done before
   a kill are skipped without loading them). With a pool of pixel-labelled
-  indices and ``labelled_per_batch`` k, every batch holds at least k of them:
-  missing ones replace the batch's last unlabelled items, drawn from the pool
-  in an order seeded by ``(seed, epoch, rank)`` (a few masks then supervise
-  every step instead of one batch in ten).
+  indices and ``labelled_per_batch`` k, every batch holds k of them beside
+  ``batch_size - k`` unlabelled items, and the epoch lasts until every item was
+  shown once (a few masks then supervise every step instead of one batch in
+  ten, and the unlabelled items are still all seen each epoch).
 - :class:`SeededItems` loads item ``index`` with every generator (torch, numpy,
   python) seeded from ``(seed, epoch, index)`` and restored afterwards, so the
   random augmentation of a sample does not depend on the worker, the batch
@@ -55,7 +55,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         shuffle: False keeps 0..n-1 (evaluation).
         drop_last: drop the last partial batch when there is at least one full one.
         labelled: indices whose pixel masks supervise attention.
-        labelled_per_batch: at least this many of them in every batch (0 = plain order).
+        labelled_per_batch: k; every batch then holds exactly k of them (0 = plain order).
+
+    With ``labelled_per_batch`` k, each batch is ``batch_size - k`` unlabelled items
+    followed by k labelled ones, each kind from its own stream, and an epoch lasts
+    until this process has shown every unlabelled item of its shard and every
+    labelled item at least once: one epoch is still one pass over the data, it
+    just takes more steps than ``n / batch_size`` (the labelled items recur). A
+    stream that runs out before the epoch ends starts a new seeded order of the
+    same items; an item's first appearance in an epoch has the key ``(epoch,
+    index)``, a repeat ``(epoch, index, draw)`` so that its augmentation differs.
 
     Call :meth:`set_epoch` before iterating.
     """
@@ -74,13 +83,23 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         """The next iteration yields ``epoch``'s batches from ``start_batch`` on."""
         self.epoch, self.start = epoch, start_batch
 
-    def _shard(self) -> list[int]:
-        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else list(range(self.n))
-        per_rank = -(-self.n // self.world_size)
-        padded = order + order[: per_rank * self.world_size - self.n]
+    @property
+    def mixed(self) -> bool:
+        """Whether batches mix the two streams (some, but not all, items are labelled)."""
+        return bool(self.labelled_per_batch and self.shuffle and len(self.labelled) < self.n)
+
+    def _shard(self, order: list[int]) -> list[int]:
+        """This process's share of ``order``, padded like ``DistributedSampler``."""
+        per_rank = -(-len(order) // self.world_size)
+        padded = order + order[: per_rank * self.world_size - len(order)]
         return padded[self.rank::self.world_size]
 
     def batches_per_epoch(self) -> int:
+        if self.mixed:
+            k = self.labelled_per_batch
+            free = self.batch_size - k
+            unlabelled = -(-(self.n - len(self.labelled)) // self.world_size)  # per process
+            return max(-(-unlabelled // free) if free else 0, -(-len(self.labelled) // k), 1)
         per_rank = -(-self.n // self.world_size)
         full = per_rank // self.batch_size
         if self.drop_last and full > 0:
@@ -91,36 +110,70 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(0, self.batches_per_epoch() - self.start)
 
     def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
-        shard = self._shard()
-        batches = [shard[b * self.batch_size:(b + 1) * self.batch_size]
-                   for b in range(self.batches_per_epoch())]
-        # Keys: (epoch, index) for the epoch's own items; (epoch, index, draw) for an
-        # extra labelled item, so its augmentation differs from its other appearances.
-        keyed = [[(self.epoch, i) for i in chunk] for chunk in batches]
-        if self.labelled_per_batch and self.shuffle:
-            self._top_up(batches, keyed)
+        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else list(range(self.n))
+        if self.mixed:
+            keyed = self._mixed_batches(order)
+        else:
+            shard = self._shard(order)
+            keyed = [[(self.epoch, i) for i in shard[b * self.batch_size:(b + 1) * self.batch_size]]
+                     for b in range(self.batches_per_epoch())]
         yield from keyed[self.start:]
 
-    def _top_up(self, batches: list[list[int]], keyed: list[list[tuple[int, ...]]]) -> None:
-        """Replace the last unlabelled items of each batch short of labelled ones.
-        Computed for the whole epoch, so a resumed epoch draws the same."""
-        pool, k = set(self.labelled), self.labelled_per_batch
-        stream: list[int] = []
-        cycle = draw = 0
-        for chunk, keys in zip(batches, keyed):
-            missing = k - sum(i in pool for i in chunk)
-            slots = [j for j in reversed(range(len(chunk))) if chunk[j] not in pool][:max(0, missing)]
-            for j in slots:
-                while True:
-                    if not stream:
-                        cycle += 1
-                        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.rank, cycle, 3))
-                        stream = [self.labelled[t] for t in torch.randperm(len(self.labelled), generator=g)]
-                    i = stream.pop()
-                    if i not in chunk:
-                        break
-                draw += 1
-                chunk[j], keys[j] = i, (self.epoch, i, draw)
+    def _stream(self, first: list[int], items: list[int], tag: int) -> Iterator[int]:
+        """``first``, then seeded orders of ``items`` for as long as asked."""
+        yield from first
+        cycle = 0
+        while True:
+            cycle += 1
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.rank, cycle, tag))
+            yield from (items[t] for t in torch.randperm(len(items), generator=g).tolist())
+
+    def _mixed_batches(self, order: list[int]) -> list[list[tuple[int, ...]]]:
+        """The whole epoch's batches (so a resumed epoch draws the same): each one
+        ``batch_size - k`` unlabelled items, then k labelled ones, none twice."""
+        pool = set(self.labelled)
+        unlabelled = self._shard([i for i in order if i not in pool])
+        k = self.labelled_per_batch
+        takers = [_Taker(self._stream(unlabelled, unlabelled, 4), self.batch_size - k, len(set(unlabelled))),
+                  _Taker(self._stream([], self.labelled, 3), k, len(self.labelled))]
+        seen: set[int] = set()
+        draw = 0
+        keyed = []
+        for _ in range(self.batches_per_epoch()):
+            chunk: list[int] = []
+            for taker in takers:
+                taker.fill(chunk)
+            keys = []
+            for i in chunk:
+                if i in seen:
+                    draw += 1
+                    keys.append((self.epoch, i, draw))
+                else:
+                    seen.add(i)
+                    keys.append((self.epoch, i))
+            keyed.append(keys)
+        return keyed
+
+
+class _Taker:
+    """Takes ``count`` items a batch from an endless stream, none already in the batch
+    while the stream has that many distinct items; a skipped item waits for the next batch."""
+
+    def __init__(self, stream: Iterator[int], count: int, distinct: int) -> None:
+        self.stream, self.count, self.distinct = stream, count, distinct
+        self.waiting: list[int] = []
+
+    def fill(self, chunk: list[int]) -> None:
+        skipped = []
+        taken = 0
+        while taken < self.count:
+            i = self.waiting.pop(0) if self.waiting else next(self.stream)
+            if taken < self.distinct and i in chunk:
+                skipped.append(i)
+                continue
+            chunk.append(i)
+            taken += 1
+        self.waiting[:0] = skipped
 
 
 class SeededItems(Dataset):

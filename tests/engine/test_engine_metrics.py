@@ -105,30 +105,46 @@ def test_order_is_seeded_per_epoch_and_resumable():
     assert tiny.batches_per_epoch() == 1  # but kept when it is all there is
 
 
-def test_labelled_share_tops_up_every_batch_and_resumes():
+def test_labelled_share_mixes_every_batch_shows_every_image_and_resumes():
     labelled = {2, 11, 17, 30}  # 4 of 40 pixel-labelled: about 0.4 per batch of 4 by chance
     s = EpochBatchSampler(40, 4, seed=3, labelled=labelled, labelled_per_batch=2)
     s.set_epoch(1)
     epoch1 = list(s)
-    plain = EpochBatchSampler(40, 4, seed=3)
-    plain.set_epoch(1)
-    assert len(epoch1) == len(list(plain)) == 10  # same steps per epoch
-    for batch, before in zip(epoch1, plain):
+    assert len(epoch1) == s.batches_per_epoch() == 18  # 36 unlabelled items, 2 a batch
+    for batch in epoch1:
         indices = [key[1] for key in batch]
-        assert sum(i in labelled for i in indices) >= 2
+        assert len(indices) == 4 and [i in labelled for i in indices] == [False, False, True, True]
         assert len(set(indices)) == len(indices)  # never the same image twice in a batch
-        kept = [key for key in batch if len(key) == 2]
-        assert all(key in before for key in kept)  # only unlabelled items were replaced
-        assert all(key[1] in labelled for key in batch if len(key) == 3)
-    extra = [key for batch in epoch1 for key in batch if len(key) == 3]
-    assert len({key[2] for key in extra}) == len(extra)  # each extra appearance has its own augmentation
+    shown = [key[1] for batch in epoch1 for key in batch]
+    assert set(shown) == set(range(40))  # one epoch is still a pass over every image
+    assert sorted(i for i in shown if i not in labelled) == sorted(set(range(40)) - labelled)  # once each
+    firsts = [key for batch in epoch1 for key in batch if len(key) == 2]
+    assert sorted(key[1] for key in firsts) == list(range(40))  # a first appearance is (epoch, index)
+    repeats = [key for batch in epoch1 for key in batch if len(key) == 3]
+    assert len({key[2] for key in repeats}) == len(repeats)  # each repeat has its own augmentation
     s.set_epoch(1, start_batch=6)
-    assert list(s) == epoch1[6:]  # a resumed epoch draws the same extras
+    assert list(s) == epoch1[6:]  # a resumed epoch draws the same
     s.set_epoch(2)
     assert list(s) != epoch1
     greedy = EpochBatchSampler(40, 4, labelled={5}, labelled_per_batch=3)  # k capped at the pool size
     greedy.set_epoch(0)
-    assert all(sum(key[1] == 5 for key in batch) == 1 for batch in greedy)
+    assert all([key[1] == 5 for key in batch] == [False] * 3 + [True] for batch in greedy)
+    everything = EpochBatchSampler(8, 4, labelled=range(8), labelled_per_batch=2)  # all labelled: plain order
+    everything.set_epoch(0)
+    assert len(list(everything)) == 2
+
+
+def test_labelled_share_shards_give_every_process_the_same_steps():
+    labelled = {0, 1, 2, 3, 4}
+    ranks = [EpochBatchSampler(41, 4, seed=2, rank=r, world_size=2, labelled=labelled, labelled_per_batch=1)
+             for r in range(2)]
+    epochs = []
+    for s in ranks:
+        s.set_epoch(0)
+        epochs.append(list(s))
+    assert len(epochs[0]) == len(epochs[1]) == 6  # 36 unlabelled: 18 a process, 3 a batch
+    shown = {key[1] for batches in epochs for batch in batches for key in batch}
+    assert shown == set(range(41))
 
 
 class _Noisy(torch.utils.data.Dataset):

@@ -92,8 +92,6 @@ ROWS = {
     "auto10_unbiased_e30": ("defaults, 10%, 30 epochs, trained without the shortcut",
                             {"guidance": "auto", "pixel_labels": "10%", "train_split": "train_unbiased",
                              "epochs": 30}),
-    "auto10_swap2_e30": ("defaults, 10%, swap weight 2, 30 epochs",
-                         {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 2, "epochs": 30}),
     "rrr100": ("RRR, 100% pixel labels", {"guidance": "rrr", "pixel_labels": "100%"}),
     "bg10": ("background invariance, 10% pixel labels", {"guidance": "bg", "pixel_labels": "10%"}),
     "bg100": ("background invariance, 100% pixel labels", {"guidance": "bg", "pixel_labels": "100%"}),

@@ -363,7 +363,7 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
     if "bg" in parts:
         terms["bg"] = config.get("bg_weight", 1.0)
     if "swap" in parts:
-        source = resolve_swap_source(config.get("swap_source", "masks"), config.get("guidance", "self"))
+        source = resolve_swap_source(config.get("swap_source", "masks"))
         name = "swap_attention" if source == "attention" else "swap"
         terms[name] = config.get("swap_weight", 1.0)
     if terms:

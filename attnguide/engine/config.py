@@ -75,7 +75,7 @@ class TrainConfig:
     rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap)
-    swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention), or auto (attention when ext trains it, else masks)
+    swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention), or auto (masks, which worked better)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
 
     # --- optimisation
@@ -161,12 +161,12 @@ def resolve_guidance(guidance: str, has_masks: bool) -> str:
     return AUTO_GUIDANCE[bool(has_masks)] if guidance == "auto" else guidance
 
 
-def resolve_swap_source(swap_source: str, guidance: str) -> str:
-    """``auto`` -> ``attention`` when the guidance has ``ext`` (whose L_e trains the
-    attention that cuts out unlabelled images' objects), else ``masks``."""
-    if swap_source != "auto":
-        return swap_source
-    return "attention" if {"ext", "swap"} <= guidance_parts(guidance) else "masks"
+def resolve_swap_source(swap_source: str) -> str:
+    """``auto`` -> ``masks``: only pixel-labelled images are swapped. Cutting the other
+    images out by their attention (``attention``) did worse, in accuracy and in maps, once
+    every epoch showed every image (RESULTS.md, "10 % masks on the cue scenes: a sweep on
+    a GPU")."""
+    return "masks" if swap_source == "auto" else swap_source
 
 
 def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
@@ -177,7 +177,7 @@ def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
         cfg.guidance = resolve_guidance("auto", has_masks)
         note = f"--guidance auto: {cfg.guidance}"
     parts = guidance_parts(cfg.guidance)
-    cfg.swap_source = resolve_swap_source(cfg.swap_source, cfg.guidance)
+    cfg.swap_source = resolve_swap_source(cfg.swap_source)
     if cfg.labelled_share is None:
         cfg.labelled_share = AUTO_LABELLED_SHARE if "swap" in parts else 0.0
     if note and "swap" in parts:

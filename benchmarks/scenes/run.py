@@ -106,6 +106,10 @@ ROWS = {
                             "trained without the shortcut",
                             {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5,
                              "train_split": "train_unbiased"}),
+    "extswap10half_unbiased": ("GAIN_ext + background swap, 10% pixel labels, half of every batch "
+                               "pixel-labelled, trained without the shortcut",
+                               {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "masks",
+                                "labelled_share": 0.5, "train_split": "train_unbiased"}),
     "swap10most": ("background swap, 10% pixel labels, three quarters of every batch pixel-labelled",
                    {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.75}),
     "extswapatt10half": ("GAIN_ext + background swap, objects also cut by attention, 10% pixel labels, "

@@ -191,7 +191,7 @@ def test_swap_guidance_from_the_config():
                                       swap_source="masks").to_dict())
     assert kwargs["terms"] == {"swap": 2.0} and kwargs["omega"] == 10.0
     auto = guide_kwargs(TrainConfig(data="x", guidance="ext+swap").to_dict())  # swap_source auto
-    assert auto["terms"] == {"swap_attention": 1.0}  # ext trains the attention that cuts objects out
+    assert auto["terms"] == {"swap": 1.0}  # auto swaps the pixel-labelled images only
     assert guide_kwargs(TrainConfig(data="x", guidance="swap").to_dict())["terms"] == {"swap": 1.0}
     assert guide_kwargs(TrainConfig(data="x", guidance="swap").to_dict())["alpha"] == 0
     kwargs = guide_kwargs(TrainConfig(data="x", guidance="ext+swap", swap_source="attention").to_dict())

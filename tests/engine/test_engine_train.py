@@ -184,8 +184,8 @@ def test_best_checkpoint_comes_from_a_guided_epoch_and_rrr_is_logged(scenes, tmp
     assert second["best"] and result.best_value == second[result.best_metric]
     assert first["train_loss_rrr"] == 0 and second["train_loss_rrr"] > 0
     assert first["train_loss_bg"] == 0 and second["train_loss_bg"] > 0
-    # with ext, --swap-source auto cuts objects out by attention: the swap_attention term
-    assert first["train_loss_swap_attention"] == 0 and second["train_loss_swap_attention"] > 0
+    # --swap-source auto swaps the pixel-labelled images: the swap term
+    assert first["train_loss_swap"] == 0 and second["train_loss_swap"] > 0
     assert second["train_loss_ext"] > 0 and second["train_loss_am"] > 0
 
 
@@ -197,8 +197,8 @@ def test_auto_guidance_is_ext_and_swap_with_masks_and_self_without(scenes, tmp_p
     result = train(_cfg(scenes, tmp_path / "run", guidance="auto", epochs=1, warmup_epochs=0))
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["guidance"] == "ext+swap"  # the run records what auto became
-    assert saved["swap_source"] == "attention" and saved["labelled_share"] == 0.5  # and its auto parts
-    assert result.history[0]["train_loss_swap_attention"] > 0 and result.history[0]["train_loss_ext"] > 0
+    assert saved["swap_source"] == "masks" and saved["labelled_share"] == 0.5  # and its auto parts
+    assert result.history[0]["train_loss_swap"] > 0 and result.history[0]["train_loss_ext"] > 0
 
 
 def test_labelled_share_reaches_the_sampler_and_needs_a_mask_guidance(scenes, tmp_path):

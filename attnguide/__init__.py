@@ -3,11 +3,23 @@ and the pipeline that turns guided attention into segmentation."""
 
 from __future__ import annotations
 
-from .cams import CAM_METHODS
-from .errors import AttnGuideError
-from .guide import GuidedAttention, GuideOutput, extract_logits, normalize_maps, upsample_maps
-from .hooks import ActivationCapture, eval_mode, frozen_batchnorm
-from .masks import MASKS, HardThreshold, SoftThreshold, hard_threshold, soft_threshold
+from attnguide.core import (
+    CAM_METHODS,
+    MASKS,
+    ActivationCapture,
+    GuidedAttention,
+    GuideOutput,
+    HardThreshold,
+    SoftThreshold,
+    eval_mode,
+    extract_logits,
+    frozen_batchnorm,
+    hard_threshold,
+    normalize_maps,
+    soft_threshold,
+    upsample_maps,
+)
+from attnguide.errors import AttnGuideError
 
 __version__ = "0.1.0"
 
@@ -34,7 +46,7 @@ __all__ = [
 def __getattr__(name: str):
     # load_model pulls in the training engine; import it only when asked for.
     if name == "load_model":
-        from .models import load_model
+        from attnguide.models import load_model
 
         return load_model
     raise AttributeError(f"module 'attnguide' has no attribute {name!r}")

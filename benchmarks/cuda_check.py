@@ -17,14 +17,10 @@ import torch
 
 from attnguide.data import make_scenes
 from attnguide.engine import TrainConfig, train
-from attnguide.pipeline import (
-    PseudoLabelConfig,
-    evaluate_predictions,
-    predict,
-    pseudo_label,
-    segment,
-)
-from attnguide.pipeline.segmentation import SegmentConfig, config_from_options
+from attnguide.tasks.evaluate import evaluate_predictions
+from attnguide.tasks.predict import predict
+from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
+from attnguide.tasks.segment import SegmentConfig, config_from_options, segment
 
 
 def main() -> None:

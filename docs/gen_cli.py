@@ -3,7 +3,7 @@
     python docs/gen_cli.py            # rewrite docs/cli.md
     python docs/gen_cli.py --check    # exit 1 when docs/cli.md is out of date
 
-Every command registered on ``attnguide.cli.app`` (sub-apps included) gets a
+Every command registered on ``attnguide.cli.main.app`` (sub-apps included) gets a
 section with its help text, a usage line and a table of its options, read from
 the click command that typer builds (``typer.main.get_command``). The text
 around the tables lives in ``INTRO`` below: edit it here, not in cli.md.
@@ -63,7 +63,7 @@ executed by the docs tests (the quickstart's commands are).
 
 
 def _app():
-    from attnguide.cli import app
+    from attnguide.cli.main import app
 
     return app
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnguide.cli import main
+from attnguide.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from attnguide.constants import IGNORE as IGNORE_INDEX
 from attnguide.errors import AttnGuideError
 
-IGNORE_INDEX = 255
 """Mask value for pixels that count neither as background nor as a class."""
 
 

@@ -12,10 +12,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from attnguide.constants import IMAGENET_MEAN, IMAGENET_STD
 from attnguide.data.io import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TRAIN_SCALE = (0.5, 1.0)
 """Fraction of the image area kept by the training crop."""

@@ -9,21 +9,17 @@ Example:
 
 from __future__ import annotations
 
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from .config import TrainConfig, read_config_file, resolve_config, save_config
-from .trainer import Trainer, TrainResult, evaluate, train
+from attnguide.engine.config import TrainConfig, read_config_file, resolve_config, save_config
+from attnguide.engine.trainer import Trainer, TrainResult, evaluate, train
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "atomic_write_bytes",
     "config_from_options",
     "evaluate",
-    "load_checkpoint",
     "read_config_file",
     "resolve_config",
-    "save_checkpoint",
     "save_config",
     "train",
 ]
@@ -35,13 +31,13 @@ def config_from_options(options: dict | None = None, config_file=None) -> TrainC
 
     Precedence: defaults < resumed run's config < config file < options.
     """
-    from ..models import resolve_checkpoint
+    from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
 
     first = resolve_config(options, config_file)
     if not first.resume:
         return first
     path = resolve_checkpoint(first.resume, prefer="last")
-    base = dict(load_checkpoint(path).get("config") or {})
+    base = dict(read_checkpoint(path).get("config") or {})
     cfg = resolve_config(options, config_file, base=base)
     cfg.resume = first.resume
     explicit_out = (options or {}).get("out") is not None or (

@@ -17,19 +17,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnGuideError
+from attnguide.core.guidance import (  # noqa: F401 - the guidance words belong to the options
+    AUTO_GUIDANCE,
+    GUIDANCE_PARTS,
+    SWAP_SOURCES,
+    guidance_parts,
+    needs_masks,
+    resolve_guidance,
+    resolve_swap_source,
+)
+from attnguide.errors import AttnGuideError
 
-GUIDANCE_PARTS = ("self", "ext", "rrr", "bg", "swap")
-"""``--guidance`` is ``none``, ``auto`` or a '+'-joined set of these (``ext+rrr``)."""
-AUTO_GUIDANCE = {False: "self", True: "ext+swap"}
-"""What ``--guidance auto`` becomes without / with pixel masks in the training split:
-GAIN's self-guidance, or GAIN_ext plus the background swap (the setting that removed
-the shortcut in benchmarks/RESULTS.md, "Shortcut removal on the cue scenes")."""
 AUTO_LABELLED_SHARE = 0.5
 """What ``--labelled-share auto`` becomes with a swap term (0 without): half of every batch
 pixel-labelled, so the swap has partners in every step (RESULTS.md, "10 % masks")."""
 EXT_CLASSES = ("target", "all")
-SWAP_SOURCES = ("auto", "masks", "attention")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "poly", "step", "constant")
 AMP_DTYPES = ("auto", "bf16", "fp16")
@@ -155,20 +157,6 @@ class TrainConfig:
         return self
 
 
-def resolve_guidance(guidance: str, has_masks: bool) -> str:
-    """``auto`` -> `AUTO_GUIDANCE` for a training split with or without pixel masks;
-    any other value unchanged."""
-    return AUTO_GUIDANCE[bool(has_masks)] if guidance == "auto" else guidance
-
-
-def resolve_swap_source(swap_source: str) -> str:
-    """``auto`` -> ``masks``: only pixel-labelled images are swapped. Cutting the other
-    images out by their attention (``attention``) did worse, in accuracy and in maps, once
-    every epoch showed every image (RESULTS.md, "10 % masks on the cue scenes: a sweep on
-    a GPU")."""
-    return "masks" if swap_source == "auto" else swap_source
-
-
 def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
     """Resolve ``cfg``'s auto options in place once the training split is known; return
     the line that says what ``--guidance auto`` became (None when it was not auto)."""
@@ -184,27 +172,6 @@ def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
         note += (f" (swap source {cfg.swap_source}; at least {cfg.labelled_share:.0%} of every batch "
                  "pixel-labelled)")
     return note
-
-
-def guidance_parts(guidance: str) -> frozenset[str]:
-    """``"ext+rrr"`` -> {"ext", "rrr"}; ``"none"`` -> {}; ``"auto"`` (not resolved
-    yet: no masks known) -> {"self"}. Raises on unknown parts."""
-    if guidance == "none":
-        return frozenset()
-    if guidance == "auto":
-        return frozenset({"self"})
-    parts = [p.strip() for p in str(guidance).split("+")]
-    bad = [p for p in parts if p not in GUIDANCE_PARTS]
-    if bad or not parts:
-        raise AttnGuideError(
-            f"--guidance must be none, auto or a '+'-joined set of {', '.join(GUIDANCE_PARTS)} "
-            f"(e.g. ext+rrr), got {guidance!r}")
-    return frozenset(parts)
-
-
-def needs_masks(guidance: str) -> bool:
-    """Whether a guidance uses pixel masks (every part but self)."""
-    return bool(guidance_parts(guidance) - {"self"})
 
 
 def _opt(name: str) -> str:
@@ -370,11 +337,11 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (``attnguide train --config`` reads it back)."""
     import yaml
 
-    from .checkpoint import atomic_write_bytes
+    from attnguide.io.atomic import atomic_write
 
     header = ("# attnguide train: the resolved options of this run.\n"
               "# Repeat it with: attnguide train --config config.yaml\n")
     values = cfg.to_dict()
     values["resume"] = None  # repeating the run must not resume the old one
     body = yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
-    atomic_write_bytes(Path(path), (header + body).encode())
+    atomic_write(path, (header + body).encode())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import AttnGuideError
+from attnguide.errors import AttnGuideError
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-IGNORE = 255
+from attnguide.constants import IGNORE
 
 
 def average_precision(scores: Tensor, targets: Tensor) -> Tensor:

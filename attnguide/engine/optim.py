@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from attnguide.engine.config import TrainConfig
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import AttnGuideError
-from ..models import create_model, guide_kwargs, resolve_checkpoint
-from . import checkpoint as ckpt_io
-from .config import TrainConfig, needs_masks, resolve_auto, save_config
-from .distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
-from .loader import EpochBatchSampler, make_loader
-from .metrics import (
+from attnguide.constants import IGNORE
+from attnguide.core.guidance import guide_kwargs
+from attnguide.engine import state as ckpt_state
+from attnguide.engine.config import TrainConfig, needs_masks, resolve_auto, save_config
+from attnguide.engine.distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
+from attnguide.engine.loader import EpochBatchSampler, make_loader
+from attnguide.engine.metrics import (
     accuracy,
     attention_inside,
     cam_segmentation,
@@ -55,10 +55,13 @@ from .metrics import (
     mean_average_precision,
     mean_iou,
 )
-from .optim import build_optimizer, build_scheduler
-from .progress import Reporter
+from attnguide.engine.optim import build_optimizer, build_scheduler
+from attnguide.engine.progress import Reporter
+from attnguide.errors import AttnGuideError
+from attnguide.io.atomic import atomic_write
+from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint, save_checkpoint
+from attnguide.models.classifiers import create_model
 
-IGNORE = 255
 SUM_KEYS = ("loss", "cls", "am", "ext", "area", "attention_area", "rrr", "images")
 """Running sums of an epoch; terms beyond the built-in ones (ext_all, bg) follow "images"."""
 IMAGES = SUM_KEYS.index("images")
@@ -141,8 +144,8 @@ class Trainer:
             raise
 
     def _build(self, cfg: TrainConfig, reporter: Reporter | None) -> None:
-        from ..data import open_dataset
-        from ..guide import GuidedAttention
+        from attnguide.core.guide import GuidedAttention
+        from attnguide.data import open_dataset
 
         self.reporter = reporter or Reporter(quiet=cfg.quiet)
         if not self.dist.is_main:
@@ -197,8 +200,8 @@ class Trainer:
                 f"{self.run_dir}, pick another --out, or pass --overwrite")
         if cfg.resume:
             path = resolve_checkpoint(cfg.resume, prefer="last")
-            state = ckpt_io.load_checkpoint(path)
-            ckpt_io.check_compatible(state, path, model_name=cfg.model, class_names=self.class_names,
+            state = read_checkpoint(path)
+            ckpt_state.check_compatible(state, path, model_name=cfg.model, class_names=self.class_names,
                                      multilabel=self.multilabel)
             before = (state.get("config") or {}).get("batch_size")
             if state.get("batch", 0) and before != cfg.batch_size:
@@ -248,14 +251,14 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        from ..data import IMAGENET_MEAN, IMAGENET_STD
+        from attnguide.data import IMAGENET_MEAN, IMAGENET_STD
 
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": ckpt_io.rng_state(),
+            "rng": ckpt_state.rng_state(),
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
@@ -273,7 +276,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        ckpt_io.restore_loop_state(self, state)
+        ckpt_state.restore_loop_state(self, state)
         best = state.get("best") or {}
         if best.get("metric") == self.best_metric:
             self.best_value = best.get("value")
@@ -281,7 +284,7 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         if self.dist.is_main:
-            ckpt_io.save_checkpoint(self.state_dict(), *[self.run_dir / n for n in names])
+            save_checkpoint(self.state_dict(), *[self.run_dir / n for n in names])
 
     # ------------------------------------------------------------------ running
 
@@ -409,8 +412,8 @@ class Trainer:
         }
         if self.dist.is_main and self.val_ds is not None:
             record.update(self.evaluate())
-            if self.cfg.snapshots:  # RUN/snapshots/epoch_XXX.png, see attnguide.viz
-                from ..viz import training_snapshot
+            if self.cfg.snapshots:  # RUN/snapshots/epoch_XXX.png, see attnguide.viz.pictures
+                from attnguide.viz.pictures import training_snapshot
 
                 training_snapshot(self, record)
         value = record.get(self.best_metric)
@@ -440,7 +443,7 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in self.history)
-        ckpt_io.atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
+        atomic_write(self.run_dir / "metrics.jsonl", lines.encode())
 
     # ------------------------------------------------------------------ evaluation
 
@@ -474,9 +477,9 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
     images with masks ``val_cam_miou``, ``val_cam_iou`` (per class, background first),
     ``val_attention_inside``, ``val_attention_area``.
     """
-    from ..guide import extract_logits
-    from ..hooks import eval_mode
-    from ..losses import classification_loss
+    from attnguide.core.guide import extract_logits
+    from attnguide.core.hooks import eval_mode
+    from attnguide.core.losses import classification_loss
 
     n_classes = dataset.num_classes
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False)

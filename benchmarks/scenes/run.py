@@ -28,8 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from attnguide.demo import CLASSIFIER as DEMO_CLASSIFIER
-from attnguide.demo import SCENES as DEMO_SCENES
+from attnguide.tasks.demo import CLASSIFIER as DEMO_CLASSIFIER
+from attnguide.tasks.demo import SCENES as DEMO_SCENES
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
@@ -177,7 +177,7 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
 
     from attnguide.data import open_dataset
     from attnguide.engine import evaluate
-    from attnguide.models import load_model
+    from attnguide.models.classifiers import load_model
 
     trained = load_model(run / "last.pt")
     dev = torch.device(device)
@@ -190,7 +190,7 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
 def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
     """Pseudo-label mIoU of the run's attention on the training split (true masks),
     without and with dense CRF."""
-    from attnguide.pipeline import PseudoLabelConfig, pseudo_label
+    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
 
     res = pseudo_label(PseudoLabelConfig(run=str(run / "last.pt"), data=str(data), split="train",
                                          out=str(run / "pseudo"), scales=(1.0, 1.5), crf=crf,
@@ -202,8 +202,10 @@ def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
 def segmenter_metrics(run: Path, data: Path, device: str) -> dict:
     """Test mIoU of a small segmenter trained on the run's CRF pseudo labels (the demo's
     segmenter settings: U-Net/resnet18 from scratch, 64 px crops)."""
-    from attnguide.demo import SEGMENTER
-    from attnguide.pipeline import SegmentConfig, evaluate_predictions, predict, segment
+    from attnguide.tasks.demo import SEGMENTER
+    from attnguide.tasks.evaluate import evaluate_predictions
+    from attnguide.tasks.predict import predict
+    from attnguide.tasks.segment import SegmentConfig, segment
 
     seg = run / "segmenter"
     resume = str(seg) if (seg / "last.pt").exists() else None  # a killed run goes on; a finished one stops
@@ -398,7 +400,7 @@ def main(argv=None) -> None:
     if args.plots:
         args.plots.parent.mkdir(parents=True, exist_ok=True)
         bars = plot_table(results, columns, args.plots.with_suffix(".png"))
-        from attnguide.viz import attention_grid
+        from attnguide.viz.pictures import attention_grid
 
         first = [r for r in args.rows if (args.out / f"{r}-s{args.seeds[0]}" / "last.pt").exists()]
         grid = attention_grid([args.out / f"{r}-s{args.seeds[0]}" / "last.pt" for r in first], data,

@@ -14,7 +14,7 @@ import os
 import platform
 from pathlib import Path
 
-from attnguide.seg.crf import crf_throughput
+from attnguide.wsss.crf import crf_throughput
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 

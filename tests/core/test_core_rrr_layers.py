@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from core_models import TinyNet
 
 from attnguide import ActivationCapture, GuidedAttention
-from attnguide.losses import input_gradient_loss
+from attnguide.core.losses import input_gradient_loss
 
 
 def test_input_gradient_loss_by_hand():

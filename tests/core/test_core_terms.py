@@ -8,10 +8,10 @@ import torch
 from core_models import TinyNet
 
 from attnguide import ActivationCapture, AttnGuideError, GuidedAttention
+from attnguide.core.guidance import guide_kwargs
+from attnguide.core.losses import all_class_ext_loss
+from attnguide.core.terms import TERMS, Term
 from attnguide.engine.config import TrainConfig, guidance_parts
-from attnguide.losses import all_class_ext_loss
-from attnguide.models import guide_kwargs
-from attnguide.terms import TERMS, Term
 
 
 def _batch(n=4, classes=3, size=16):

@@ -2,7 +2,7 @@
 
 Two checks:
 
-- independent of the generator: every command registered on ``attnguide.cli.app``
+- independent of the generator: every command registered on ``attnguide.cli.main.app``
   (sub-apps included) has a section ``## `attnguide ...` `` in docs/cli.md, and every
   option name its ``--help`` shows appears in that section;
 - docs/cli.md is exactly what ``python docs/gen_cli.py`` writes.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from attnguide.cli import app
+from attnguide.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_MD = ROOT / "docs" / "cli.md"

@@ -7,7 +7,7 @@ Rules (docs/index.md repeats them for writers):
   page's own lines.
 - ```bash blocks run too, in the same folder and in page order with the python
   blocks. Each line must be an ``attnguide ...`` command (``\\`` continues a line,
-  ``#`` starts a comment); it runs through ``attnguide.cli.main`` and must exit
+  ``#`` starts a comment); it runs through ``attnguide.cli.main.main`` and must exit
   with 0. Sizes are shrunk first (``TINY`` below: e.g. ``--epochs 12`` becomes
   ``--epochs 2``, ``--model resnet18`` becomes ``--model test_resnet``), so the
   commands show realistic settings but run in seconds.
@@ -114,7 +114,7 @@ def bash_commands(block: Block, page: str) -> list[list[str]]:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """A folder holding data/scenes and runs/ext, made once per session."""
-    from attnguide.cli import main
+    from attnguide.cli.main import main
     from attnguide.data import make_scenes
 
     base = tmp_path_factory.mktemp("docs-prepared")
@@ -144,7 +144,7 @@ def test_shrink_replaces_only_known_options():
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_code_runs(page, tmp_path, monkeypatch, request, capsys):
-    from attnguide.cli import main
+    from attnguide.cli.main import main
 
     path = DOCS / page
     text = path.read_text(encoding="utf-8")

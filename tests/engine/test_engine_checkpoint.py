@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from attnguide.engine import checkpoint as ck
+from attnguide.engine import state as ck
 from attnguide.errors import AttnGuideError
+from attnguide.io import checkpoints as ckio
 
 
 def _leftovers(folder):
@@ -19,23 +20,23 @@ def _leftovers(folder):
 
 def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    ck.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    ckio.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
 
     def torn_replace(src, dst):  # the kill lands after the temp file is written
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", torn_replace)
     with pytest.raises(KeyboardInterrupt):
-        ck.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+        ckio.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    state = ck.load_checkpoint(path)
+    state = ckio.read_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert _leftovers(tmp_path) == []
 
 
 def test_partial_temp_file_never_replaces_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    ck.save_checkpoint({"step": 1}, path)
+    ckio.save_checkpoint({"step": 1}, path)
     real_fsync = os.fsync
 
     def dies_in_fsync(fd):  # half of the bytes are on disk, then the process dies
@@ -43,9 +44,9 @@ def test_partial_temp_file_never_replaces_the_old_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", dies_in_fsync)
     with pytest.raises(OSError, match="disk full"):
-        ck.save_checkpoint({"step": 2, "big": torch.zeros(10_000)}, path)
+        ckio.save_checkpoint({"step": 2, "big": torch.zeros(10_000)}, path)
     monkeypatch.setattr(os, "fsync", real_fsync)
-    assert ck.load_checkpoint(path)["step"] == 1
+    assert ckio.read_checkpoint(path)["step"] == 1
     assert _leftovers(tmp_path) == []
 
 
@@ -55,7 +56,7 @@ def test_checkpoint_is_weights_only_readable_with_rng_state(tmp_path):
     torch.manual_seed(3)
     state = ck.rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(2))
-    ck.save_checkpoint({"rng": state, "step": 0}, tmp_path / "c.pt")
+    ckio.save_checkpoint({"rng": state, "step": 0}, tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)  # plain types only
     random.seed(99)
     np.random.seed(99)
@@ -68,10 +69,10 @@ def test_checkpoint_is_weights_only_readable_with_rng_state(tmp_path):
 def test_not_a_checkpoint_is_named(tmp_path):
     torch.save({"conv.weight": torch.ones(1)}, tmp_path / "weights.pt")
     with pytest.raises(AttnGuideError, match="not an attnguide training checkpoint.*--weights"):
-        ck.load_checkpoint(tmp_path / "weights.pt")
+        ckio.read_checkpoint(tmp_path / "weights.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(AttnGuideError, match="could not read checkpoint"):
-        ck.load_checkpoint(tmp_path / "junk.pt")
+        ckio.read_checkpoint(tmp_path / "junk.pt")
 
 
 def test_resume_from_another_model_or_class_list_fails_clearly():

@@ -9,11 +9,11 @@ from attnguide.engine import (
     TrainConfig,
     config_from_options,
     resolve_config,
-    save_checkpoint,
     save_config,
 )
 from attnguide.engine.config import field_help, read_config_file
 from attnguide.errors import AttnGuideError
+from attnguide.io.checkpoints import save_checkpoint
 
 
 def test_every_field_has_a_help_comment():

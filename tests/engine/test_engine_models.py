@@ -11,9 +11,9 @@ import torchvision
 from safetensors.torch import save_file
 
 from attnguide.engine import TrainConfig
-from attnguide.engine.checkpoint import save_checkpoint
 from attnguide.errors import AttnGuideError
-from attnguide.models import create_model, load_model, load_weights
+from attnguide.io.checkpoints import save_checkpoint
+from attnguide.models.classifiers import create_model, load_model, load_weights
 
 
 def test_unknown_model_lists_close_timm_names():

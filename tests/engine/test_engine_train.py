@@ -18,7 +18,7 @@ import yaml
 from attnguide.data import make_scenes
 from attnguide.engine import TrainConfig, Trainer, train
 from attnguide.errors import AttnGuideError
-from attnguide.models import load_model
+from attnguide.models.classifiers import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

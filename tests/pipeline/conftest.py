@@ -48,7 +48,7 @@ def classifier(scenes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pseudo(classifier, scenes, tmp_path_factory) -> Path:
     """Pseudo labels of the train split, with CRF (OUT/crf/)."""
-    from attnguide.pipeline import PseudoLabelConfig, pseudo_label
+    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
 
     out = tmp_path_factory.mktemp("pipeline") / "pseudo"
     pseudo_label(PseudoLabelConfig(run=str(classifier), data=str(scenes), out=str(out), crf=True,

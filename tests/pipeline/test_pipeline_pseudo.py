@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 
 from attnguide import AttnGuideError, GuidedAttention
 from attnguide.data import open_dataset
-from attnguide.pipeline import PseudoLabelConfig, evaluate_predictions, pseudo_label
-from attnguide.pipeline.common import label_path, parse_crf_params, parse_scales
-from attnguide.seg.labels_io import load_label_png
+from attnguide.io.labels import load_label_png
+from attnguide.tasks.common import label_path, parse_scales
+from attnguide.tasks.evaluate import evaluate_predictions
+from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
+from attnguide.wsss.crf import parse_crf_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention map")
 
@@ -32,7 +34,7 @@ def _names(scenes, split="train") -> list[str]:
 
 
 def _app() -> typer.Typer:
-    from attnguide.cli_seg import register
+    from attnguide.cli.seg import register
 
     app = typer.Typer()
     register(app)
@@ -258,8 +260,8 @@ def test_cli_pseudo_label_then_evaluate(classifier, scenes, tmp_path):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(classifier, scenes, tmp_path, capsys):
-    import attnguide.cli as cli
-    from attnguide.cli_seg import register
+    import attnguide.cli.main as cli
+    from attnguide.cli.seg import register
 
     register(cli.app)
     register(cli.app)  # idempotent

@@ -17,10 +17,16 @@ from typer.testing import CliRunner
 
 from attnguide import AttnGuideError
 from attnguide.data import IMAGENET_MEAN, IMAGENET_STD, open_dataset
-from attnguide.pipeline import SegmentConfig, SegmentTrainer, segment
-from attnguide.pipeline.common import label_path, to_input
-from attnguide.pipeline.segmentation import CueSet, SegmentationSet, config_from_options
-from attnguide.seg.pseudo import seed_cues
+from attnguide.tasks.common import label_path, to_input
+from attnguide.tasks.segment import (
+    CueSet,
+    SegmentationSet,
+    SegmentConfig,
+    SegmentTrainer,
+    config_from_options,
+    segment,
+)
+from attnguide.wsss.pseudo import seed_cues
 
 pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention map")
 
@@ -28,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention 
 @pytest.fixture(scope="module")
 def cams(classifier, scenes, tmp_path_factory):
     """A pseudo-label folder with OUT/cams/<name>.npz (one scale, no CRF: fast)."""
-    from attnguide.pipeline import PseudoLabelConfig, pseudo_label
+    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
 
     out = tmp_path_factory.mktemp("sec") / "pseudo"
     pseudo_label(PseudoLabelConfig(run=str(classifier), data=str(scenes), out=str(out), scales=(1.0,),
@@ -72,7 +78,7 @@ def test_cues_are_seed_cues_and_flip_with_the_image(scenes, cams):
 
 def test_cues_follow_random_scale_and_crop_like_the_masks(scenes, tmp_path):
     """CAMs equal to the true masks give cues equal to the masks, through the same geometry."""
-    from attnguide.pipeline.pseudo_labels import _save_npz
+    from attnguide.tasks.pseudo_label import _save_npz
 
     ds = open_dataset(scenes, "train", train=False)
     for i in range(4):
@@ -126,7 +132,7 @@ def test_sec_run_resumes_like_an_uninterrupted_run(scenes, cams, tmp_path):
 
 
 def test_cli_sec_on_deeplab_without_constrain(scenes, cams, tmp_path):
-    from attnguide.cli_seg import register
+    from attnguide.cli.seg import register
 
     app = typer.Typer()
     register(app)

@@ -16,17 +16,11 @@ from typer.testing import CliRunner
 
 from attnguide import AttnGuideError
 from attnguide.data import open_dataset
-from attnguide.pipeline import (
-    SegmentConfig,
-    SegmentTrainer,
-    evaluate_predictions,
-    load_segmenter,
-    predict,
-    segment,
-)
-from attnguide.pipeline.common import label_path
-from attnguide.pipeline.segmentation import config_from_options
-from attnguide.seg.labels_io import load_label_png
+from attnguide.io.labels import load_label_png
+from attnguide.tasks.common import label_path
+from attnguide.tasks.evaluate import evaluate_predictions
+from attnguide.tasks.predict import load_segmenter, predict
+from attnguide.tasks.segment import SegmentConfig, SegmentTrainer, config_from_options, segment
 
 pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention map")
 
@@ -123,7 +117,7 @@ def test_bad_input(scenes, pseudo, classifier, unet_run, tmp_path):
 
 
 def test_cli_segment_and_predict(scenes, pseudo, unet_run, tmp_path):
-    from attnguide.cli_seg import register
+    from attnguide.cli.seg import register
 
     app = typer.Typer()
     register(app)
@@ -147,9 +141,9 @@ def test_segmenter_checkpoint_is_not_a_classifier_run(tmp_path):
     """load_model on a segmenter checkpoint names the mistake instead of a KeyError."""
     import pytest
 
-    from attnguide.engine.checkpoint import save_checkpoint
     from attnguide.errors import AttnGuideError
-    from attnguide.models import load_model
+    from attnguide.io.checkpoints import save_checkpoint
+    from attnguide.models.classifiers import load_model
 
     save_checkpoint({"kind": "segmenter", "model": {}}, tmp_path / "last.pt")
     with pytest.raises(AttnGuideError, match="segmenter checkpoint, not a classifier run"):

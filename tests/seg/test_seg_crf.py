@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attnguide.errors import AttnGuideError
-from attnguide.seg.crf import CRFParams, CRFPool, crf_from_labels, crf_throughput, dense_crf
+from attnguide.wsss.crf import CRFParams, CRFPool, crf_from_labels, crf_throughput, dense_crf
 
 SIZE = 32
 EDGE = 16  # columns < EDGE are dark (class 0), the rest bright (class 1)

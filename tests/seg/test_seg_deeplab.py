@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from attnguide.errors import AttnGuideError
-from attnguide.seg.deeplab import DeepLabLargeFOV, create_segmenter, load_vgg16_weights
+from attnguide.models.segmenters import DeepLabLargeFOV, create_segmenter, load_vgg16_weights
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from attnguide.errors import AttnGuideError
-from attnguide.seg.evaluate import ConfusionMatrix, SegMetrics, confusion_matrix, evaluate_folders
-from attnguide.seg.labels_io import save_label_png
+from attnguide.io.labels import save_label_png
+from attnguide.wsss.evaluate import ConfusionMatrix, SegMetrics, confusion_matrix, evaluate_folders
 
 GT = np.array(
     [

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from attnguide.errors import AttnGuideError
-from attnguide.seg.labels_io import load_label_png, save_label_png, save_overlay, voc_palette
+from attnguide.io.labels import load_label_png, save_label_png, save_overlay, voc_palette
 
 
 def test_voc_palette_known_entries():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnguide.errors import AttnGuideError
-from attnguide.seg.pseudo import (
+from attnguide.wsss.pseudo import (
     BackgroundRule,
     background_rule,
     cams_to_labels,

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from attnguide.errors import AttnGuideError
-from attnguide.seg.crf import dense_crf
-from attnguide.seg.sec import (
+from attnguide.wsss.crf import dense_crf
+from attnguide.wsss.sec import (
     SEC_CRF_PARAMS,
     constrain_loss,
     expansion_loss,
@@ -138,9 +138,9 @@ def test_constrain_loss_input_errors():
 def test_seg_imports_without_the_optional_packages():
     code = (
         "import sys; sys.modules['pydensecrf'] = None; sys.modules['segmentation_models_pytorch'] = None\n"
-        "import attnguide.seg.labels_io, attnguide.seg.crf, attnguide.seg.evaluate\n"
-        "import attnguide.seg.pseudo, attnguide.seg.deeplab, attnguide.seg.sec\n"
-        "import attnguide.seg as seg\n"
+        "import attnguide.io.labels, attnguide.wsss.crf, attnguide.wsss.evaluate\n"
+        "import attnguide.wsss.pseudo, attnguide.models.segmenters, attnguide.wsss.sec\n"
+        "import attnguide.wsss as seg\n"
         "assert all(getattr(seg, name) is not None for name in seg.__all__)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""`attnguide visualize` and `attnguide plot` through `attnguide.cli.main`."""
+"""`attnguide visualize` and `attnguide plot` through `attnguide.cli.main.main`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from attnguide import viz
-from attnguide.cli import main
+from attnguide.cli.main import main
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.filterwarnings("ignore:layer 'layer3' gives")

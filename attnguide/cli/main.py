@@ -1,0 +1,253 @@
+"""The ``attnguide`` command line (typer). It parses options and calls the library.
+
+Commands:
+    attnguide train --data PATH --model NAME --guidance {none,self,ext,rrr,bg,swap,ext+rrr,...} ...
+    attnguide data scenes OUT [--n-train N ...]
+
+The options of ``train`` are generated from :class:`attnguide.engine.TrainConfig`
+(one option per field, help from the field's comment), so the CLI, the config
+file and the library never drift apart.
+
+Adding a command is one small function on ``app`` (or on a sub-app such as
+``data_app``) that calls the library::
+
+    @app.command()
+    def evaluate(run: Path = typer.Argument(..., help="run folder")) -> None:
+        \"\"\"Evaluate a trained run.\"\"\"
+        from attnguide.something import evaluate_run
+        evaluate_run(run)
+
+Bad input (``AttnGuideError``, a missing file, a non-finite loss) prints one
+red line ``error: ...`` and exits with code 2; ``ATTNGUIDE_DEBUG=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from attnguide.errors import AttnGuideError
+
+try:  # typer < 0.20 runs on click; newer typer vendors its own copy
+    import click
+
+    _CLICK: tuple[type, ...] = (click.ClickException,)
+    _EXIT: tuple[type, ...] = (click.exceptions.Exit,)
+    _ABORT: tuple[type, ...] = (click.exceptions.Abort,)
+except ImportError:  # pragma: no cover
+    _CLICK, _EXIT, _ABORT = (), (), ()
+_USAGE_ERRORS = (*_CLICK, *((typer.TyperException,) if hasattr(typer, "TyperException") else ()))
+_EXIT = (*_EXIT, typer.Exit)
+_ABORT = (*_ABORT, typer.Abort)
+
+app = typer.Typer(
+    name="attnguide",
+    help="Trainable attention for any timm classifier (GAIN), and weakly-supervised segmentation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make or inspect data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+EXIT_BAD_INPUT = 2
+EXPECTED_ERRORS = (AttnGuideError, OSError, FloatingPointError)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Send the ``attnguide`` logger (weights reports, ...) to stderr through rich."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("attnguide")
+    for handler in [h for h in logger.handlers if getattr(h, "_attnguide_cli", False)]:
+        logger.removeHandler(handler)
+    handler = RichHandler(console=_console(), show_time=False, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._attnguide_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+# ---------------------------------------------------------------------- train
+
+
+def _train_parameters() -> list[inspect.Parameter]:
+    """One typer option per TrainConfig field (default None = "not given")."""
+    from rich.markup import escape
+
+    from attnguide.engine.config import AUTO_IS_NONE, FIELDS, _base_type, field_help
+
+    helps = field_help()
+    panels = _panels()
+    params = []
+    for name, f in FIELDS.items():
+        tp, _ = _base_type(name)
+        if tp is dict:  # config file only
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = f.default
+        if name in AUTO_IS_NONE:  # a number or the word auto, read by coerce()
+            tp, default = str, "auto"
+        shown = "" if default in ("", None) else f" [default: {default}]"
+        if tp is bool:
+            decls = [f"{flag}/--no-{flag[2:]}"]
+            shown = f" [default: {'on' if default else 'off'}]"
+        else:
+            decls = [flag]
+        option = typer.Option(None, *decls, help=escape(helps.get(name, "") + shown), show_default=False,
+                              rich_help_panel=panels.get(name, "Other"))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=tp | None, default=option))
+    params.append(inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+        default=typer.Option(None, "--config", "-c", rich_help_panel="Run",
+                             help="YAML or TOML file of options (the command line wins)")))
+    return params
+
+
+def _panels() -> dict[str, str]:
+    """Field -> the section comment (``# --- data``) above it in TrainConfig."""
+    from attnguide.engine.config import FIELDS, TrainConfig
+
+    panels, current = {}, "Other"
+    for line in inspect.getsource(TrainConfig).splitlines():
+        text = line.strip()
+        if text.startswith("# ---"):
+            current = text[5:].strip()
+            current = current[:1].upper() + current[1:]
+        elif ":" in text and text.split(":", 1)[0].strip() in FIELDS:
+            panels[text.split(":", 1)[0].strip()] = current
+    return panels
+
+
+def train(**options: Any) -> None:
+    """Train a classifier with guided attention (GAIN) on a data set folder.
+
+    Examples:
+
+      attnguide data scenes data/scenes
+
+      attnguide train --data data/scenes --model resnet18 --guidance ext --epochs 10 --out runs/ext
+
+      attnguide train --resume runs/ext --epochs 20
+
+      torchrun --nproc_per_node 2 -m attnguide train --data data/scenes --batch-size 64 ...
+    """
+    from attnguide.engine import config_from_options
+    from attnguide.engine import train as run_training
+    from attnguide.engine.progress import Reporter
+
+    config_file = options.pop("config", None)
+    cfg = config_from_options(options, config_file)
+    setup_logging(cfg.quiet)
+    result = run_training(cfg, Reporter(_console(), quiet=cfg.quiet))
+    if not cfg.quiet and int(os.environ.get("RANK", "0")) == 0:
+        best = "" if result.best_value is None else f" ({result.best_metric} {result.best_value:.4f})"
+        _console().print(f"run saved in {result.run_dir}: last.pt, best.pt{best}, metrics.jsonl", soft_wrap=True)
+
+
+train.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]
+app.command(name="train")(train)
+
+
+# ---------------------------------------------------------------------- data
+
+
+@data_app.command("scenes")
+def data_scenes(
+    out: Path = typer.Argument(..., help="folder to write"),
+    n_train: int = typer.Option(2000, help="training images (train_unbiased.csv has as many)"),
+    n_val: int = typer.Option(300, help="validation images"),
+    n_test: int = typer.Option(500, help="test images"),
+    image_size: int = typer.Option(96, help="side S of the S x S images"),
+    num_classes: int = typer.Option(5, help="object classes (class 0 is 'boat')"),
+    min_objects: int = typer.Option(1, help="objects per image, at least"),
+    max_objects: int = typer.Option(3, help="objects per image, at most (1 and 1: single-label)"),
+    bias: str = typer.Option("background", help="shortcut in train: background, cue, both or none"),
+    bias_strength: float = typer.Option(0.9, help="probability that a train image follows the shortcut"),
+    colours: str = typer.Option("class", help="class: each class its own colour; shared: only the shape tells the class"),
+    seed: int = typer.Option(0, help="same seed, same files"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a scenes folder made with other settings"),
+) -> None:
+    """Write the built-in biased scenes data set (a folder data set with exact masks)."""
+    from attnguide.data import make_scenes
+
+    path = make_scenes(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size,
+                       num_classes=num_classes, min_objects=min_objects, max_objects=max_objects,
+                       bias=bias, bias_strength=bias_strength, colours=colours, seed=seed,
+                       overwrite=overwrite)
+    _console().print(f"scenes data set written to {path} "
+                     f"({n_train} train, {n_val} val, {n_test} test images, {image_size} px)", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------- other modules' commands
+
+
+def _register_module_commands() -> None:
+    """Commands kept in their own modules add themselves to ``app`` with ``register(app)``."""
+    import importlib
+    import importlib.util
+
+    for name in ("attnguide.cli.seg", "attnguide.tasks.demo", "attnguide.cli.viz"):  # pseudo-label, segment, evaluate, predict; demo; visualize, plot
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(app)
+
+
+_register_module_commands()
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def _fail(message: str) -> int:
+    from rich.markup import escape
+
+    message = " ".join(str(message).split())  # one line
+    _console().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code (0, 2 for bad input)."""
+    debug = os.environ.get("ATTNGUIDE_DEBUG", "").lower() not in ("", "0", "false", "no")
+    try:
+        result = app(args=argv, prog_name="attnguide", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except _EXIT as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except _ABORT:
+        return _fail("aborted")
+    except _USAGE_ERRORS as e:  # bad option values, unknown options, missing arguments
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if message.strip():  # empty when help was shown for a bare command
+            _fail(message + hint)
+        return int(getattr(e, "exit_code", EXIT_BAD_INPUT) or EXIT_BAD_INPUT)
+    except EXPECTED_ERRORS as e:
+        if debug:
+            raise
+        return _fail(str(e) or type(e).__name__)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return _fail("interrupted")
+
+
+def run() -> None:  # pragma: no cover - used by __main__
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""`SegmentConfig`: every option of ``attnguide segment``, with commented defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from attnguide.errors import AttnGuideError
+from attnguide.io.checkpoints import SEGMENTER, read_checkpoint, resolve_checkpoint
+from attnguide.wsss.crf import parse_crf_params, require_crf
+
+SCHEDULES = ("poly", "step")
+MODES = ("pseudo", "sec")
+SEC_PARTS = ("seed", "expand", "constrain")  # metrics.jsonl: train_seed, train_expand, train_constrain
+AMP_DTYPES = ("auto", "bf16", "fp16")
+DEEPLAB = "deeplab-largefov"
+
+
+@dataclass
+class SegmentConfig:
+    """Options of ``attnguide segment`` (field comments are the CLI help)."""
+
+    # --- data
+    data: str = ""  # data set folder (images, classes, image-level labels and the val masks)
+    labels: str = ""  # folder of pseudo-label PNGs (attnguide pseudo-label --out, or its crf/), or "gt" (upper bound); --mode sec: the pseudo-label --out folder holding cams/
+    mode: str = "pseudo"  # pseudo (cross-entropy on the label PNGs) or sec (SEC's seed + expand + constrain losses on the CAMs of 'pseudo-label --save-cams')
+    train_split: str = "train"  # split to train on (its images must all have a label PNG, or CAMs with --mode sec)
+    val_split: str = "val"  # split with masks for the per-epoch mIoU ("" = none)
+    crop_size: int = 320  # side of the random training crops (DeepLab v1: 321; most smp archs: a multiple of 16 or 32)
+    scale_range: str = "0.5,1.5"  # random rescaling factor range "MIN,MAX" before the crop
+    workers: int = 0  # data loading worker processes
+
+    # --- model
+    arch: str = "deeplabv3plus"  # deeplab-largefov or any smp architecture (unet, deeplabv3plus, ...)
+    encoder: str | None = None  # smp encoder or tu-<timm model> (default resnet50; vgg16 for deeplab-largefov)
+    weights: str | None = None  # local encoder weights file (VGG16 for deeplab-largefov)
+
+    # --- optimisation
+    epochs: int | None = None  # epochs (default 10 when --iterations is not given)
+    iterations: int | None = None  # total iterations instead of epochs (DeepLab/SEC: 8000)
+    batch_size: int = 8  # GLOBAL batch size (split over DDP processes)
+    lr: float = 1e-3  # base learning rate (DeepLab / SEC: 1e-3)
+    head_lr_mult: float = 10.0  # learning-rate factor of the last classifier layer (DeepLab: 10)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay (DeepLab: 5e-4)
+    schedule: str = "poly"  # per-iteration LR schedule: poly (1 - t/T)^power or step
+    poly_power: float = 0.9  # exponent of the poly schedule
+    step_size: int = 0  # step schedule: iterations between drops (0 = T // 4; DeepLab 2000 of 8000)
+    step_gamma: float = 0.1  # step schedule factor
+    amp: bool = False  # autocast: bf16 on CPU; fp16 (with a grad scaler) or bf16 on CUDA
+    amp_dtype: str = "auto"  # auto (CPU bf16, CUDA fp16), bf16 or fp16
+
+    # --- seed, expand, constrain (--mode sec)
+    fg_fraction: float = 0.2  # foreground cue of a class: pixels above this fraction of the class's max attention (GAIN, SEC: 0.2)
+    bg_threshold: float = 0.05  # background cue: pixels where every class's attention is below this fraction of its max (GAIN used a saliency network instead)
+    fg_decay: float = 0.996  # GWRP decay of the expand loss for the image's classes (SEC: 0.996)
+    bg_decay: float = 0.999  # GWRP decay of the expand loss for the background (SEC: 0.999)
+    constrain_weight: float = 1.0  # weight of the constrain-to-boundary loss, a dense CRF per image and iteration (slow on CPU; 0 drops it and the CRF)
+
+    # --- evaluation
+    crf_eval: bool = False  # also report val mIoU after dense-CRF post-processing (val_miou_crf)
+    crf_params: str = "deeplab"  # CRF preset irn, psa or deeplab (DeepLab-v1), then overrides
+    crf_workers: int = 0  # CRF worker processes for crf_eval and the constrain loss of --mode sec
+
+    # --- run
+    out: str = "runs/segment"  # run folder: segment.yaml, metrics.jsonl, last.pt, best.pt
+    resume: str | None = None  # run folder or checkpoint to continue from
+    checkpoint_every: int = 200  # also write last.pt every N iterations (0 = after each epoch only)
+    seed: int = 0  # seed of weights, data order and augmentation
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
+    quiet: bool = False  # no progress bar and no per-epoch lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        parts = [p for p in str(self.scale_range).replace(" ", ",").split(",") if p]
+        try:
+            low, high = (float(p) for p in parts)
+        except ValueError:
+            raise AttnGuideError(f"--scale-range must be MIN,MAX such as 0.5,1.5, got {self.scale_range!r}") from None
+        if not 0 < low <= high:
+            raise AttnGuideError(f"--scale-range needs 0 < MIN <= MAX, got {self.scale_range!r}")
+        return low, high
+
+    def validate(self) -> SegmentConfig:
+        if not self.data:
+            raise AttnGuideError("pass the data set with --data PATH")
+        if not self.labels:
+            raise AttnGuideError("pass --labels DIR (pseudo-label PNGs) or --labels gt (ground truth)")
+        if self.mode not in MODES:
+            raise AttnGuideError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "sec":
+            self._validate_sec()
+        if self.schedule not in SCHEDULES:
+            raise AttnGuideError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise AttnGuideError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.epochs is not None and self.iterations is not None:
+            raise AttnGuideError("pass either --epochs or --iterations, not both")
+        for name in ("epochs", "iterations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise AttnGuideError(f"--{name} must be at least 1, got {value}")
+        for name in ("batch_size", "crop_size"):
+            if getattr(self, name) < 1:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("workers", "crf_workers", "checkpoint_every", "step_size"):
+            if getattr(self, name) < 0:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise AttnGuideError(f"--lr must be > 0, got {self.lr}")
+        for name in ("head_lr_mult", "momentum", "weight_decay", "poly_power", "step_gamma"):
+            if getattr(self, name) < 0:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        self.scales  # noqa: B018 - parse check
+        if self.crf_eval:
+            parse_crf_params(self.crf_params)
+            require_crf("--crf-eval")
+        return self
+
+    def _validate_sec(self) -> None:
+        if self.labels.lower() == "gt":
+            raise AttnGuideError("--mode sec trains on the CAMs of 'attnguide pseudo-label --save-cams', "
+                                 "not on ground truth: pass --labels PSEUDO_DIR, or --mode pseudo with --labels gt")
+        if not 0.0 < self.fg_fraction < 1.0:
+            raise AttnGuideError(f"--fg-fraction must lie in (0, 1), got {self.fg_fraction}")
+        if not 0.0 <= self.bg_threshold <= self.fg_fraction:
+            raise AttnGuideError(f"--bg-threshold must lie in [0, --fg-fraction {self.fg_fraction}], "
+                                 f"got {self.bg_threshold}")
+        for name in ("fg_decay", "bg_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AttnGuideError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(self, name)}")
+        if self.constrain_weight < 0:
+            raise AttnGuideError(f"--constrain-weight must be >= 0, got {self.constrain_weight}")
+        if self.constrain_weight > 0:
+            try:
+                import pydensecrf.densecrf  # noqa: F401
+            except ImportError:
+                raise AttnGuideError(
+                    "the constrain loss of --mode sec needs pydensecrf, which is not installed: pip "
+                    "install 'attnguide[crf]' (the pydensecrf2 package), or pass --constrain-weight 0 "
+                    "to train with the seed and expand losses only") from None
+
+
+def config_from_options(options: dict[str, Any]) -> SegmentConfig:
+    """A config from the options given (None = not given); with ``resume`` the
+    resumed run's saved config is the base and ``out`` defaults to its folder."""
+    given = {k: v for k, v in options.items() if v is not None}
+    names = {f.name for f in dataclasses.fields(SegmentConfig)}
+    unknown = sorted(set(given) - names)
+    if unknown:  # pragma: no cover - programming error
+        raise AttnGuideError(f"unknown segment options {unknown}")
+    base: dict[str, Any] = {}
+    if given.get("resume"):
+        path = resolve_checkpoint(given["resume"], prefer="last")
+        ckpt = read_checkpoint(path, SEGMENTER)
+        base = {k: v for k, v in (ckpt.get("config") or {}).items() if k in names}
+        base["out"] = str(path.parent)
+        if "epochs" in given:
+            base.pop("iterations", None)
+        if "iterations" in given:
+            base.pop("epochs", None)
+    return SegmentConfig(**{**base, **given})

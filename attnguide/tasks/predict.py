@@ -1,0 +1,228 @@
+"""``attnguide predict``: a trained segmenter's label maps (and colour overlays).
+
+Images go through the network at their own size, padded (bottom/right) to a
+multiple of the encoder's output stride where the architecture needs it (smp
+models); logits are cropped back, so each label map has its image's size.
+
+Files::
+
+    OUT/<name>.png              label map, VOC palette (0 bg, c + 1 class c)
+    OUT/overlay/<name>.png      with overlay: the label colours over the image
+    OUT/crf/<name>.png          with crf: dense-CRF post-processed label map
+
+``<name>`` is the image's file stem for ``images``, the sample name for a data
+set split (``data`` + ``split``), so ``attnguide evaluate --pred OUT`` can
+score a split's predictions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnguide.constants import IMAGENET_MEAN, IMAGENET_STD
+from attnguide.errors import AttnGuideError
+from attnguide.tasks.common import (
+    label_path,
+    make_console,
+    progress_bar,
+    to_input,
+)
+from attnguide.wsss.crf import parse_crf_params, require_crf
+
+SEGMENTER_KIND = "segmenter"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Segmenter:
+    """A segmenter trained by ``attnguide segment``, in eval mode.
+
+    Attributes:
+        model: the network, ``forward(x (B, 3, H, W)) -> (B, N, H, W)`` logits.
+        class_names: ``N`` names, background first.
+        arch, encoder: as given to ``create_segmenter``.
+        mean, std: input normalisation. checkpoint: the file read.
+    """
+
+    model: nn.Module
+    class_names: list[str]
+    arch: str
+    encoder: str | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    checkpoint: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pad_multiple(self) -> int:
+        return input_multiple(self.model)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``uint8 (H, W, 3)`` -> label map ``uint8 (H, W)`` and probabilities ``(N, H, W)``."""
+        device = next(self.model.parameters()).device
+        x = to_input(image, self.mean, self.std, device)[None]
+        probs = predict_logits(self.model, x, self.pad_multiple)[0].float().softmax(0).cpu().numpy()
+        return probs.argmax(0).astype(np.uint8), probs
+
+
+def input_multiple(model: nn.Module) -> int:
+    """The multiple H and W must have: the smp encoder's output stride, else 1."""
+    if getattr(model, "requires_divisible_input_shape", False) and hasattr(model, "encoder"):
+        return int(getattr(model.encoder, "output_stride", 32))
+    return 1
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Logits ``(B, N, H, W)`` of normalised images ``(B, 3, H, W)``, padding H and W
+    with zeros (the mean colour) up to ``multiple`` and cropping the result."""
+    height, width = x.shape[-2:]
+    ph = math.ceil(height / multiple) * multiple - height
+    pw = math.ceil(width / multiple) * multiple - width
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    out = model(x)
+    if isinstance(out, (tuple, list)):  # smp with an auxiliary classification head
+        out = out[0]
+    return out[..., :height, :width]
+
+
+def load_segmenter(run: str | Path, device: str | torch.device = "cpu", prefer: str = "best") -> Segmenter:
+    """Load a run folder (``best.pt``, else ``last.pt``) or checkpoint of ``attnguide segment``."""
+    from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
+    from attnguide.models.segmenters import create_segmenter
+
+    path = resolve_checkpoint(run, prefer)
+    ckpt = read_checkpoint(path)
+    check_segmenter_checkpoint(ckpt, path)
+    model = create_segmenter(ckpt["arch"], ckpt.get("encoder"), len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    norm = ckpt.get("normalize") or {}
+    return Segmenter(model=model, class_names=list(ckpt["class_names"]), arch=ckpt["arch"],
+                     encoder=ckpt.get("encoder"), mean=tuple(norm.get("mean", IMAGENET_MEAN)),
+                     std=tuple(norm.get("std", IMAGENET_STD)), checkpoint=str(path),
+                     config=dict(ckpt.get("config") or {}))
+
+
+def check_segmenter_checkpoint(ckpt: dict, path: str | Path) -> None:
+    if ckpt.get("kind") != SEGMENTER_KIND:
+        raise AttnGuideError(
+            f"{str(path)!r} is a classifier checkpoint of 'attnguide train', not a segmenter; "
+            "pass a run folder written by 'attnguide segment'")
+
+
+def check_classifier_checkpoint(path: str | Path) -> None:
+    """Raise when ``path`` (run folder or file) holds a segmenter instead of a classifier."""
+    from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
+
+    file = resolve_checkpoint(path)
+    if read_checkpoint(file).get("kind") == SEGMENTER_KIND:
+        raise AttnGuideError(
+            f"{str(file)!r} is a segmenter of 'attnguide segment'; pseudo labels come from a "
+            "classifier run of 'attnguide train'")
+
+
+def list_images(images: str | Path | list[str | Path]) -> list[tuple[str, Path]]:
+    """``(name, path)`` of image files: a folder (its images, sorted) and/or files."""
+    items = [images] if isinstance(images, (str, Path)) else list(images)
+    if not items:
+        raise AttnGuideError("no images given: pass a folder or image files with --images")
+    out: list[tuple[str, Path]] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise AttnGuideError(
+                    f"folder {str(path)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            out += [(p.stem, p) for p in found]
+        elif path.is_file():
+            out.append((path.stem, path))
+        else:
+            raise FileNotFoundError(f"image or folder {str(path)!r} does not exist")
+    seen: dict[str, Path] = {}
+    for name, path in out:
+        if name in seen:
+            raise AttnGuideError(
+                f"{seen[name]} and {path} would both be written as {name}.png; "
+                "pass them in separate runs or rename one")
+        seen[name] = path
+    return out
+
+
+def predict(run: str | Path, out: str | Path, images=None, *, data: str | None = None,
+            split: str = "val", overlay: bool = False, crf: bool = False, crf_params: str = "deeplab",
+            workers: int = 0, device: str = "auto", quiet: bool = False, console=None) -> list[Path]:
+    """Write label maps of ``images`` (folder or files) or of a data set split.
+
+    Args:
+        run: segmenter run folder or checkpoint.
+        out: output folder (see the module doc for the layout).
+        images: a folder, a file, or a list of them; or None with ``data``.
+        data, split: predict every image of a data set split instead.
+        overlay: also write colour overlays to ``OUT/overlay/``.
+        crf: also write dense-CRF post-processed maps to ``OUT/crf/`` (DeepLab-v1
+            parameters by default, ``crf_params``), ``workers`` processes.
+
+    Returns:
+        The label-map files written.
+    """
+    from attnguide.data.io import read_rgb
+    from attnguide.engine.distributed import resolve_device
+    from attnguide.io.labels import save_label_png, save_overlay
+    from attnguide.wsss.crf import CRFPool
+    from attnguide.wsss.crf_jobs import refine_scores
+
+    if (images is None) == (data is None):
+        raise AttnGuideError("pass either --images DIR_OR_FILES or --data PATH (with --split)")
+    params = parse_crf_params(crf_params) if crf else None
+    if crf:
+        require_crf("--crf")
+    console = console or make_console()
+    seg = load_segmenter(run, resolve_device(device))
+    if data is not None:
+        from attnguide.data import open_dataset
+
+        ds = open_dataset(data, split, train=False)
+        from attnguide.constants import BACKGROUND
+        from attnguide.tasks.common import check_class_lists
+
+        check_class_lists(seg.class_names[1:], ds.class_names, f"segmenter {seg.checkpoint}",
+                          f"data set {ds.root}")
+        if seg.class_names[0] != BACKGROUND:  # pragma: no cover - written by segment
+            raise AttnGuideError(f"{seg.checkpoint}: first class must be background")
+        items = [(s.name, s.image_path) for s in ds.samples]
+    else:
+        items = list_images(images)
+    out = Path(out)
+    written: list[Path] = []
+    values = np.arange(len(seg.class_names), dtype=np.uint8)
+    with CRFPool(workers if crf else 0) as pool, progress_bar(len(items), "predict", console, quiet) as advance:
+        jobs = []
+        for name, path in items:
+            image = read_rgb(path)
+            label, probs = seg.predict(image)
+            target = label_path(out, name)
+            save_label_png(target, label)
+            written.append(target)
+            if overlay:
+                save_overlay(label_path(out / "overlay", name), image, label)
+            if crf:
+                jobs.append((image, probs.astype(np.float32), values, params,
+                             str(label_path(out / "crf", name))))
+                if len(jobs) >= max(8, 4 * workers):
+                    pool.map(refine_scores, jobs)
+                    jobs = []
+            advance()
+        if jobs:
+            pool.map(refine_scores, jobs)
+    return written

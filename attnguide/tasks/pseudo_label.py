@@ -1,0 +1,347 @@
+"""``attnguide pseudo-label``: a trained classifier's CAMs -> pseudo-label PNGs.
+
+For each image of a split:
+
+1. classes: the image's ground-truth classes; an image listed without any
+   class gets the classes the classifier predicts with probability >=
+   ``class_threshold`` (its top-1 class for a single-label model); ``classes``
+   ``"gt"`` / ``"predicted"`` forces one source for every image.
+2. CAMs at the image's own resolution: :func:`attnguide.wsss.pseudo.multiscale_cams`
+   over ``guide.attention(batch, classes, resize=False, normalize=False)``: one
+   attention() call per scale, the mirrored image in the same batch; the raw
+   maps are summed over scales and flips, then divided by each class's max
+   (PSA / IRN fusion).
+3. background score by ``bg`` (``threshold:T``: constant T, IRN's 0.15;
+   ``power:P``: ``(1 - max_c CAM_c)^P``, PSA's 4 or 32), label = argmax over
+   ``[bg, CAM_1, ..., CAM_K]`` (class c -> value c + 1).
+4. optionally a dense CRF on the same scores ``[bg, CAM_1..K]`` (PSA's
+   ``crf_inference``; parameters ``crf_params``, default PSA's), run in a pool
+   of worker processes.
+
+Files (names are the data set's sample names, so ``attnguide evaluate`` and
+``attnguide segment --labels`` find them)::
+
+    OUT/<name>.png          pseudo label, VOC palette (0 bg, c + 1 class c)
+    OUT/crf/<name>.png      CRF-refined pseudo label (with crf)
+    OUT/cams/<name>.npz     with save_cams: ``cams`` float16 (K, H, W) fused CAMs
+                            in [0, 1] and ``classes`` int64 (K,) their class indices
+    OUT/metrics.json        when the split has masks: mIoU without ("miou",
+                            "per_class", ...) and with CRF ("crf": {...})
+
+Every file is written atomically; ``resume`` skips an image whose files all
+exist (its labels are read back, so the metrics still cover the whole split).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnguide.constants import BACKGROUND
+from attnguide.errors import AttnGuideError
+from attnguide.tasks.common import (
+    check_class_lists,
+    label_path,
+    make_console,
+    metrics_table,
+    parse_scales,
+    progress_bar,
+    to_input,
+    write_json,
+)
+from attnguide.wsss.crf import parse_crf_params, require_crf
+
+CLASS_SOURCES = ("auto", "gt", "predicted")
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Options of ``attnguide pseudo-label`` (field comments are the CLI help)."""
+
+    run: str = ""  # classifier run folder (best.pt, else last.pt) or checkpoint file
+    data: str = ""  # data set folder (the classifier's data set: same classes)
+    split: str = "train"  # split to label (WSSS practice: train)
+    out: str = "pseudo"  # output folder: <name>.png, crf/<name>.png, cams/, metrics.json
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # image scales whose CAMs are fused (IRN, PSA)
+    flip: bool = True  # also fuse the CAMs of the mirrored image (same batch as its scale)
+    bg: str = "threshold:0.15"  # background score: threshold:T (IRN 0.15) or power:P (PSA 4, 32)
+    classes: str = "auto"  # CAM classes: auto (GT, predicted when an image lists none), gt, predicted
+    class_threshold: float = 0.5  # probability above which a predicted class gets a CAM
+    cam: str | None = None  # CAM method override (default: the run's, e.g. gradcam)
+    layer: str | None = None  # attention layer override (default: the run's)
+    crf: bool = False  # also write dense-CRF refined labels to OUT/crf/
+    crf_params: str = "psa"  # CRF preset irn, psa or deeplab, then overrides: "psa,bilateral_sxy=40"
+    save_cams: bool = False  # also write the fused CAMs as OUT/cams/<name>.npz
+    workers: int = 0  # CRF worker processes (0 or 1: in this process)
+    resume: bool = False  # skip images whose output files exist
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
+    quiet: bool = False  # no progress bar, no table
+
+    def validate(self) -> PseudoLabelConfig:
+        if not self.run:
+            raise AttnGuideError("pass the classifier run folder or checkpoint (RUN)")
+        if not self.data:
+            raise AttnGuideError("pass the data set with --data PATH")
+        self.scales = parse_scales(self.scales)
+        if self.classes not in CLASS_SOURCES:
+            raise AttnGuideError(f"--classes must be one of {', '.join(CLASS_SOURCES)}, got {self.classes!r}")
+        if not 0.0 <= self.class_threshold <= 1.0:
+            raise AttnGuideError(f"--class-threshold must lie in [0, 1], got {self.class_threshold}")
+        if self.workers < 0:
+            raise AttnGuideError(f"--workers must be >= 0, got {self.workers}")
+        from attnguide.wsss.pseudo import background_rule
+
+        background_rule(self.bg)
+        if self.crf:
+            parse_crf_params(self.crf_params)
+            require_crf("--crf")
+        return self
+
+
+@dataclass
+class PseudoLabelResult:
+    """What :func:`pseudo_label` did.
+
+    Attributes:
+        out: the output folder. images: images in the split. written / skipped:
+        labelled now / found done (``resume``). seconds: wall time of the
+        labelling loop; images_per_s: ``written / seconds``; cam_seconds and
+        crf_seconds: time in CAM extraction and waiting for CRFs.
+        metrics / crf_metrics: :class:`~attnguide.wsss.evaluate.SegMetrics` over
+        the images with masks (None without masks, or without CRF).
+    """
+
+    out: Path
+    images: int = 0
+    written: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    cam_seconds: float = 0.0
+    crf_seconds: float = 0.0
+    metrics: Any = None
+    crf_metrics: Any = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        """metrics.json: the no-CRF metrics at the top level, the CRF ones under "crf"."""
+        out: dict[str, Any] = dict(self.metrics.to_json()) if self.metrics is not None else {}
+        out["crf"] = self.crf_metrics.to_json() if self.crf_metrics is not None else None
+        out.update({
+            "images": self.images,
+            "written": self.written,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "images_per_s": self.images_per_s,
+            "config": self.config,
+        })
+        return out
+
+
+def _save_npz(path: Path, cams: np.ndarray, classes: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, cams=cams.astype(np.float16), classes=classes.astype(np.int64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _Labeller:
+    """The per-image work: classes, CAMs, label map; holds the model."""
+
+    def __init__(self, cfg: PseudoLabelConfig, trained, device: torch.device) -> None:
+        overrides = {k: v for k, v in (("cam", cfg.cam), ("layer", cfg.layer)) if v}
+        self.guide = trained.guide(**overrides)
+        self.trained = trained
+        self.cfg = cfg
+        self.device = device
+        self.mean, self.std = trained.mean, trained.std
+
+    def cam_fn(self, batch: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        # raw maps (N, K, h', w') at the layer's resolution, float32
+        try:
+            return self.guide.attention(batch, classes, resize=False, normalize=False).float()
+        except AttnGuideError as err:
+            h, w = batch.shape[-2:]
+            raise AttnGuideError(
+                f"CAMs at input size {h}x{w} (one of --scales {','.join(map(str, self.cfg.scales))} "
+                f"times the image) failed: {err}. Drop the small scales with --scales, or use an "
+                "earlier --layer") from None
+
+    def classes_of(self, labels: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+        source = self.cfg.classes
+        if source == "gt" or (source == "auto" and labels):
+            return torch.tensor(sorted(labels), dtype=torch.int64)
+        size = self.trained.image_size
+        small = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        probs = self.trained.predict(small)[0].cpu()  # (C,)
+        if not self.trained.multilabel:
+            return probs.argmax().reshape(1)
+        return torch.nonzero(probs >= self.cfg.class_threshold).reshape(-1)
+
+    def __call__(self, image: np.ndarray, labels: tuple[int, ...]):
+        """-> classes (K,), fused CAMs (K, H, W) in [0, 1], scores (K + 1, H, W), label (H, W)."""
+        from attnguide.wsss.pseudo import background_rule, cams_to_labels, multiscale_cams
+
+        x = to_input(image, self.mean, self.std, self.device)  # (3, H, W)
+        classes = self.classes_of(labels, x)
+        cams = multiscale_cams(self.cam_fn, x, classes.to(self.device), self.cfg.scales,
+                               self.cfg.flip).cpu()  # (K, H, W)
+        rule = background_rule(self.cfg.bg)
+        scores = torch.cat([rule(cams)[None], cams])  # (K + 1, H, W)
+        label = cams_to_labels(cams, classes, rule)
+        return classes, cams, scores, label
+
+
+def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
+    """Write pseudo labels for a split (see the module doc); return counts, timing, mIoU.
+
+    Example:
+        >>> res = pseudo_label(PseudoLabelConfig(run="runs/ext", data="data/scenes",   # doctest: +SKIP
+        ...                                      out="pseudo", crf=True, workers=2))
+        >>> res.metrics.miou, res.crf_metrics.miou, res.images_per_s
+    """
+    from attnguide.data import open_dataset
+    from attnguide.engine.distributed import resolve_device
+    from attnguide.io.labels import load_label_png, save_label_png
+    from attnguide.models.classifiers import load_model
+    from attnguide.tasks.predict import check_classifier_checkpoint
+    from attnguide.wsss.crf import CRFPool
+    from attnguide.wsss.crf_jobs import refine_scores
+    from attnguide.wsss.evaluate import ConfusionMatrix
+
+    cfg.validate()
+    console = console or make_console()
+    device = resolve_device(cfg.device)
+    check_classifier_checkpoint(cfg.run)
+    trained = load_model(cfg.run, device=device)
+    ds = open_dataset(cfg.data, cfg.split, image_size=trained.image_size, train=False)
+    check_class_lists(trained.class_names, ds.class_names, f"classifier {trained.checkpoint}",
+                      f"data set {ds.root} (classes.txt)")
+    crf_params = parse_crf_params(cfg.crf_params) if cfg.crf else None
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [BACKGROUND, *ds.class_names]
+    plain, refined = ConfusionMatrix(names), ConfusionMatrix(names)
+    has_gt = False
+    labeller = _Labeller(cfg, trained, device)
+    result = PseudoLabelResult(out=out, images=len(ds), config={
+        **asdict(cfg), "scales": list(cfg.scales), "checkpoint": str(Path(trained.checkpoint).resolve()),
+        "layer": labeller.guide.layer_name, "crf_params": asdict(crf_params) if crf_params else None})
+
+    def outputs(name: str) -> list[Path]:
+        files = [label_path(out, name)]
+        if cfg.crf:
+            files.append(label_path(out / "crf", name))
+        if cfg.save_cams:
+            files.append(label_path(out / "cams", name, ".npz"))
+        return files
+
+    _check_settings(out, result.config, cfg.resume)
+    chunk = max(8, 4 * cfg.workers)  # images whose CRFs go to the pool together
+    start = time.perf_counter()
+    with CRFPool(cfg.workers if cfg.crf else 0) as pool, \
+            progress_bar(len(ds), "pseudo-label", console, cfg.quiet) as advance:
+        for first in range(0, len(ds), chunk):
+            jobs, gts = [], []
+            for i in range(first, min(first + chunk, len(ds))):
+                sample = ds.samples[i]
+                files = outputs(sample.name)
+                image, gt = ds.load_raw(i)
+                has_gt = has_gt or gt is not None
+                if cfg.resume and all(f.is_file() for f in files):
+                    result.skipped += 1
+                    if gt is not None:
+                        plain.update(_check_size(load_label_png(files[0]), gt, files[0]), gt)
+                        if cfg.crf:
+                            refined.update(_check_size(load_label_png(files[1]), gt, files[1]), gt)
+                    advance()
+                    continue
+                t0 = time.perf_counter()
+                classes, cams, scores, label = labeller(image, sample.labels)
+                result.cam_seconds += time.perf_counter() - t0
+                save_label_png(files[0], label)
+                if cfg.save_cams:
+                    _save_npz(files[-1], cams.numpy(), classes.numpy())
+                if gt is not None:
+                    plain.update(label, gt)
+                if cfg.crf:
+                    values = np.concatenate([[0], classes.numpy() + 1]).astype(np.uint8)
+                    jobs.append((image, scores.numpy().astype(np.float32), values, crf_params,
+                                 str(files[1])))
+                    gts.append(gt)
+                result.written += 1
+                if not cfg.crf:
+                    advance(ips=f"{result.written / (time.perf_counter() - start):.1f}")
+            if jobs:
+                t0 = time.perf_counter()
+                labels = pool.map(refine_scores, jobs)
+                result.crf_seconds += time.perf_counter() - t0
+                for label, gt in zip(labels, gts):
+                    if gt is not None:
+                        refined.update(label, gt)
+                advance(len(jobs), ips=f"{result.written / (time.perf_counter() - start):.1f}")
+    result.seconds = time.perf_counter() - start
+    if has_gt:
+        result.metrics = plain.metrics()
+        result.crf_metrics = refined.metrics() if cfg.crf else None
+        write_json(out / "metrics.json", result.to_json())
+        if not cfg.quiet:
+            columns = {"pseudo label": result.metrics}
+            if result.crf_metrics is not None:
+                columns["+ CRF"] = result.crf_metrics
+            console.print(metrics_table(columns, title=f"pseudo labels of {ds.split!r} vs ground truth"))
+    return result
+
+
+# options that change the files; a resumed run must use the same ones
+_LABEL_SETTINGS = ("checkpoint", "split", "scales", "flip", "bg", "classes", "class_threshold", "cam",
+                   "layer", "crf_params")
+SETTINGS_FILE = "pseudo_label.json"
+
+
+def _check_settings(out: Path, config: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume into a folder labelled with other settings; record this run's."""
+    import json
+
+    path = out / SETTINGS_FILE
+    if resume and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = {}
+        changed = [k for k in _LABEL_SETTINGS if k in before and before[k] != config.get(k)
+                   and not (k == "crf_params" and (before[k] is None or config.get(k) is None))]
+        if changed:
+            shown = "; ".join(f"{k} {before[k]!r} -> {config.get(k)!r}" for k in changed[:4])
+            raise AttnGuideError(
+                f"{out} holds pseudo labels made with other settings ({shown}); --resume needs the same "
+                "options, or write to another --out")
+        if before.get("crf_params") and not config.get("crf_params"):
+            config["crf_params"] = before["crf_params"]
+    write_json(path, config)
+
+
+def _check_size(label: np.ndarray, gt: np.ndarray, path: Path) -> np.ndarray:
+    if label.shape != gt.shape:
+        raise AttnGuideError(
+            f"{path} is {label.shape} but its ground truth is {gt.shape}: the folder holds labels "
+            "of another data set; use another --out or run without --resume")
+    return label

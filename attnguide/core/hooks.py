@@ -1,4 +1,5 @@
-"""State-restoring context managers: activation capture and frozen BatchNorm.
+"""State-restoring context managers (activation capture, frozen BatchNorm) and the
+state-dict hooks that give `GuidedAttention` the bare model's keys.
 
 Hooks live only inside a ``with`` block and are removed in ``finally``:
 nothing stays on the user's model after a call, an exception, or garbage
@@ -147,3 +148,22 @@ class IsolatedBatchNorm:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def strip_model_prefix(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict post hook: a wrapper's keys without ``model.``, the bare model's."""
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    meta = getattr(state_dict, "_metadata", None)
+    if meta is not None:
+        for key in [k for k in meta if k.startswith(inner) or k == prefix + "model"]:
+            meta[prefix + key[len(inner):] if key.startswith(inner) else prefix.rstrip(".")] = meta.pop(key)
+
+
+def add_model_prefix(module, state_dict, prefix, local_metadata, strict, missing, unexpected,
+                     errors) -> None:
+    """Load pre hook: a bare model's keys get the wrapper's ``model.`` back."""
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)

@@ -42,19 +42,27 @@ what it reads (by default it may read the attention maps)::
         return step.attention[..., step.attention.shape[-1] // 2:].mean()
 
     guide = GuidedAttention(model, terms={"ext": 10.0, outside_box: 1.0})
+
+A term carries its own settings (`Term.options`): ``am`` has ``score``
+(``auto``, ``sigmoid``, ``softmax``, ``logit``) and ``fill`` (the value erased
+pixels move towards), ``bg`` has ``fill``. ``GuidedAttention(am_score=...,
+fill=...)`` configures the terms given by name; a configured copy replaces the
+term of the same name::
+
+    guide = GuidedAttention(model, terms={TERMS.get("am").configured(score="logit"): 1.0})
+
+Terms read the step only (`attnguide.core.step`), never the wrapper: what a
+step cannot compute alone it asks of its `StepContext`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from attnguide.constants import IGNORE
 from attnguide.core.losses import (
     all_class_ext_loss,
     area_loss,
@@ -65,33 +73,54 @@ from attnguide.core.losses import (
     wide,
 )
 from attnguide.core.registry import Registry
+from attnguide.core.step import Step, labelled
 from attnguide.errors import AttnGuideError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from attnguide.core.guide import GuidedAttention
 
 
 @dataclass(frozen=True)
 class Term:
-    """A supervision term and what it reads, so a step computes only what is needed.
+    """A supervision term, its settings, and what it reads, so a step computes only
+    what is needed.
 
     Attributes:
-        fn: ``step -> scalar tensor``.
+        fn: ``(step, **settings) -> scalar tensor``.
         attention: reads the attention maps (``step.attention``, ``step.soft``,
             ``step.erased_logits()``, ``step.class_attention()``): the step then
             captures the layer and computes CAMs.
         masks: needs pixel masks; skipped (0) in batches without them.
         input_grad: reads ``step.input_grad()`` (the images become a leaf that
             requires grad before the forward pass).
+        options: the term's settings, passed to ``fn`` as keyword arguments
+            (``am``: ``score`` and ``fill``; ``bg``: ``fill``); a mapping or
+            ``(name, value)`` pairs, kept as sorted pairs so a term stays hashable.
+            `configured` returns a copy with other values.
     """
 
-    fn: Callable[[Step], Tensor]
+    fn: Callable[..., Tensor]
     attention: bool = True
     masks: bool = False
     input_grad: bool = False
+    options: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings as a dict: ``{"score": "auto", "fill": 0.0}`` for ``am``."""
+        return dict(self.options)
+
+    def configured(self, **settings: Any) -> Term:
+        """A copy with these settings changed; a name the term does not have is an error."""
+        unknown = sorted(set(settings) - set(self.settings))
+        if unknown:
+            known = ", ".join(self.settings) or "none"
+            raise AttnGuideError(f"term {term_name(self)!r} has no setting {unknown[0]!r} "
+                                 f"(its settings: {known})")
+        return replace(self, options={**self.settings, **settings})
 
     def __call__(self, step: Step) -> Tensor:
-        return self.fn(step)
+        return self.fn(step, **self.settings)
 
 
 TERMS = Registry("supervision term")
@@ -114,136 +143,45 @@ def term_name(spec: Any) -> str:
     """The key under which a term's value is reported in ``GuideOutput.losses``."""
     if isinstance(spec, str):
         return spec
+    if isinstance(spec, Term):  # a registered term, perhaps configured: its name
+        for name in TERMS.names():
+            if TERMS.get(name).fn is spec.fn:
+                return name
     fn = spec.fn if isinstance(spec, Term) else spec
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-class Step:
-    """What a supervision term can read in one guided step.
+def weighted_terms(weights: Mapping[str | Term | Callable, float],
+                   settings: Mapping[str, Any]) -> dict[str, tuple[Term, float]]:
+    """``{spec: weight}`` -> ``{name: (configured term, weight)}``, the one form in which
+    `GuidedAttention` keeps its terms.
 
-    Attributes:
-        guide: the `GuidedAttention` module (``guide.model`` is the classifier).
-        images: (B, 3, H, W); a leaf that requires grad when a term reads input gradients.
-        labels: (B, C) multi-hot floats or (B,) class indices.
-        masks: (B, H, W) int64 pixel labels (0 background, c + 1 class c, 255 ignore) or None.
-        logits: (B, C) logits of the clean images.
-        pairs: (P, 2) ``(image, class)`` of each positive label (None without attention).
-        attention: (P, H, W) normalised attention of each pair (None without attention).
-        soft: (P, H, W) erasing masks T(attention) (None without attention).
+    A term named by a string is configured with those of ``settings`` it has
+    (``score``, ``fill``); a `Term` passed in keeps its own settings. A later
+    spec with the same name replaces an earlier one.
     """
-
-    def __init__(self, guide: GuidedAttention, images: Tensor, labels: Tensor,
-                 masks: Tensor | None, logits: Tensor, pairs: Tensor | None = None,
-                 attention: Tensor | None = None, soft: Tensor | None = None,
-                 class_maps: Callable[[Tensor], Tensor] | None = None) -> None:
-        self.guide, self.images, self.labels, self.masks = guide, images, labels, masks
-        self.logits, self.pairs, self.attention, self.soft = logits, pairs, attention, soft
-        self._class_maps = class_maps
-        self._cache: dict[str, Tensor] = {}
-
-    @property
-    def multilabel(self) -> bool:
-        return self.labels.dim() == 2
-
-    def erased_logits(self) -> Tensor:
-        """(P, C) logits of the erased images ``I*`` of every pair: one batched forward."""
-        if "erased" not in self._cache:
-            self._cache["erased"] = self.guide._erased_logits(self.images, self.pairs, self.soft)
-        return self._cache["erased"]
-
-    def class_attention(self) -> Tensor:
-        """(B, C, H, W) attention of every class on every image, each image's maps
-        divided by their joint maximum (so absent classes stay near 0)."""
-        if "classes" not in self._cache:
-            if self._class_maps is None:
-                raise AttnGuideError("class_attention() needs a term declared with attention=True")
-            self._cache["classes"] = self._class_maps(self.images)
-        return self._cache["classes"]
-
-    def input_grad(self) -> Tensor:
-        """(B, 3, H, W) gradient of the summed log-probabilities w.r.t. the images
-        (with a graph, so a loss on it trains the model)."""
-        if "input_grad" not in self._cache:
-            if not self.images.requires_grad:
-                raise AttnGuideError("input_grad() needs a term declared with input_grad=True")
-            logits = wide(self.logits)
-            log_probs = F.logsigmoid(logits) if self.multilabel else F.log_softmax(logits, dim=1)
-            (grad,) = torch.autograd.grad(log_probs.sum(), self.images, create_graph=True)
-            self._cache["input_grad"] = grad
-        return self._cache["input_grad"]
-
-    def object_logits(self) -> tuple[Tensor, Tensor]:
-        """``(index, logits)``: the images with a labelled pixel and their (N, C) logits
-        with the background (mask 0) erased to the guide's fill value."""
-        if "objects" not in self._cache:
-            index = _labelled(self.masks).nonzero().squeeze(1)
-            keep = (self.masks[index] != 0).unsqueeze(1)  # objects and ignored pixels stay
-            images = self.images[index]
-            objects = torch.where(keep, images, torch.full_like(images, self.guide.fill))
-            self._cache["objects"] = (index, self.guide._extra_logits(objects))
-        return self._cache["objects"]
-
-    def swapped_logits(self, attention: bool = False) -> tuple[Tensor, Tensor]:
-        """``(index, logits)``: images and the (N, C) logits of their objects pasted on
-        the background of another image of the batch (drawn at random, never itself),
-        whose own objects are painted over with the first image's background.
-
-        Objects come from the pixel mask (images with a labelled pixel); with
-        ``attention`` every other image with a positive class takes part too, its
-        objects cut out by its own erasing mask T(A) (detached). Empty when fewer
-        than two images take part.
-        """
-        key = "swapped_attention" if attention else "swapped"
-        if key not in self._cache:
-            images = self.images
-            objects = torch.zeros_like(images[:, :1])
-            taking_part = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-            if attention and self.soft is not None and len(self.pairs):
-                soft = self.soft.detach().flatten(1).to(images.dtype)  # an image's union of its classes
-                objects = soft.new_zeros(len(images), soft.shape[1]).scatter_reduce_(
-                    0, self.pairs[:, :1].expand_as(soft), soft, "amax").view_as(objects)
-                taking_part[self.pairs[:, 0]] = True
-            if self.masks is not None:
-                labelled = _labelled(self.masks)
-                objects = torch.where(labelled[:, None, None, None],
-                                      (self.masks != 0).unsqueeze(1).to(images.dtype), objects)
-                taking_part |= labelled
-            index = taking_part.nonzero().squeeze(1)
-            n = len(index)
-            if n < 2:
-                self._cache[key] = (index[:0], self.logits[:0])
-            else:
-                partner = (torch.arange(n, device=index.device)
-                           + torch.randint(1, n, (n,), device=index.device)) % n
-                own, objects = images[index], objects[index]
-                other = own[partner].detach()
-                # the partner's background: its pixels, with its objects painted by our own
-                background = objects[partner] * own + (1 - objects[partner]) * other
-                swapped = objects * own + (1 - objects) * background
-                self._cache[key] = (index, self.guide._extra_logits(swapped))
-        return self._cache[key]
-
-    def pair_masks(self) -> Tensor:
-        """(P, H, W) the pixel mask of each pair's image."""
-        return self.masks[self.pairs[:, 0]]
-
-
-def _labelled(masks: Tensor) -> Tensor:
-    """(B,) whether each image has a labelled (non-255) pixel."""
-    return (masks != IGNORE).flatten(1).any(1)
+    out: dict[str, tuple[Term, float]] = {}
+    for spec, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise AttnGuideError(f"the weight of term {term_name(spec)!r} must be a number "
+                                 f">= 0, got {weight!r}")
+        term = as_term(spec)
+        if isinstance(spec, str):
+            term = term.configured(**{k: v for k, v in settings.items() if k in term.settings})
+        out[term_name(spec)] = (term, float(weight))
+    return out
 
 
 def _zero(step: Step) -> Tensor:
     return wide(step.logits.new_zeros(()))
 
 
-def _am(step: Step) -> Tensor:
+def _am(step: Step, score: str = "auto", fill: float = 0.0) -> Tensor:
     if len(step.pairs) == 0:
         return _zero(step)
-    score = step.guide.am_score
     if score == "auto":
         score = "sigmoid" if step.multilabel else "softmax"
-    return attention_mining_loss(step.erased_logits(), step.pairs[:, 1], score)
+    return attention_mining_loss(step.erased_logits(fill), step.pairs[:, 1], score)
 
 
 def _ext(step: Step) -> Tensor:
@@ -253,7 +191,7 @@ def _ext(step: Step) -> Tensor:
 
 
 def _ext_all(step: Step) -> Tensor:
-    if not bool(_labelled(step.masks).any()):
+    if not bool(labelled(step.masks).any()):
         return _zero(step)
     return all_class_ext_loss(step.class_attention(), step.masks)
 
@@ -262,26 +200,33 @@ def _rrr(step: Step) -> Tensor:
     return input_gradient_loss(step.input_grad(), step.masks)
 
 
-def _counterfactual(altered: Callable[[Step], tuple[Tensor, Tensor]]) -> Callable[[Step], Tensor]:
-    """A term asking the prediction on altered images ``(index, logits)`` (objects on
-    an erased or swapped background) to stay right and the clean image to agree."""
+def _invariance(step: Step, index: Tensor, logits: Tensor) -> Tensor:
+    """The prediction on altered images ``(index, logits)`` (objects on an erased or
+    swapped background) must stay right and the clean image must agree."""
+    return background_invariance_loss(step.logits[index], logits, step.labels[index])
 
-    def term(step: Step) -> Tensor:
-        index, logits = altered(step)
-        return background_invariance_loss(step.logits[index], logits, step.labels[index])
 
-    return term
+def _bg(step: Step, fill: float = 0.0) -> Tensor:
+    return _invariance(step, *step.object_logits(fill))
+
+
+def _swap(step: Step) -> Tensor:
+    return _invariance(step, *step.swapped_logits())
+
+
+def _swap_attention(step: Step) -> Tensor:
+    return _invariance(step, *step.swapped_logits(attention=True))
 
 
 def _area(step: Step) -> Tensor:
     return area_loss(step.soft) if len(step.pairs) else _zero(step)
 
 
-TERMS.register("am")(Term(_am))
+TERMS.register("am")(Term(_am, options={"score": "auto", "fill": 0.0}))
 TERMS.register("ext")(Term(_ext, masks=True))
 TERMS.register("ext_all")(Term(_ext_all, masks=True))
 TERMS.register("rrr")(Term(_rrr, attention=False, masks=True, input_grad=True))
 TERMS.register("area")(Term(_area))
-TERMS.register("bg")(Term(_counterfactual(Step.object_logits), attention=False, masks=True))
-TERMS.register("swap")(Term(_counterfactual(Step.swapped_logits), attention=False, masks=True))
-TERMS.register("swap_attention")(Term(_counterfactual(lambda step: step.swapped_logits(attention=True))))
+TERMS.register("bg")(Term(_bg, attention=False, masks=True, options={"fill": 0.0}))
+TERMS.register("swap")(Term(_swap, attention=False, masks=True))
+TERMS.register("swap_attention")(Term(_swap_attention))

@@ -96,7 +96,7 @@ def test_pair_maps_match_single_class_maps():
 
 def test_erase_function_gradients():
     """The memory-saving erase op against autograd's own, for the images and the masks."""
-    from attnguide.core.guide import _Erase
+    from attnguide.core.maps import Erase as _Erase
 
     images = torch.randn(3, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     soft = torch.rand(4, 5, 5, dtype=torch.float64, requires_grad=True)

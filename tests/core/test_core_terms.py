@@ -200,3 +200,40 @@ def test_swap_guidance_from_the_config():
         TrainConfig(data="x", swap_source="boxes").validate()
     with pytest.raises(AttnGuideError, match="swap-weight 0"):
         TrainConfig(data="x", guidance="swap", swap_weight=0).validate()
+
+
+def test_term_settings_live_on_the_terms():
+    """am_score and fill configure the terms given by name; a configured term replaces its
+    namesake; both spellings of the weights end in ``guide.terms``."""
+    guide = GuidedAttention(TinyNet(), layer="features", am_score="logit", fill=0.5,
+                            terms={"bg": 2.0})
+    assert guide.terms["am"][0].settings == {"fill": 0.5, "score": "logit"}
+    assert guide.terms["bg"][0].settings == {"fill": 0.5} and guide.terms["bg"][1] == 2.0
+    assert (guide.am_score, guide.fill, guide.alpha) == ("logit", 0.5, 1.0)
+    assert TERMS.get("am").settings == {"fill": 0.0, "score": "auto"}  # the registry is untouched
+    with pytest.raises(AttnGuideError, match="no setting 'scor'"):
+        TERMS.get("am").configured(scor="logit")
+
+    images, labels, masks = _batch()
+    by_keyword = GuidedAttention(TinyNet(), layer="features", am_score="logit", fill=0.5)
+    by_term = GuidedAttention(TinyNet(), layer="features",
+                              terms={TERMS.get("am").configured(score="logit", fill=0.5): 1.0})
+    by_term.load_state_dict(by_keyword.state_dict())
+    assert set(by_term.terms) == set(by_keyword.terms) and by_term.fill == 0.5
+    a, b = by_keyword(images, labels, masks), by_term(images, labels, masks)
+    assert torch.allclose(a.loss, b.loss) and torch.allclose(a.losses["am"], b.losses["am"])
+    assert not torch.allclose(a.losses["am"], GuidedAttention(
+        by_keyword.model, layer="features")(images, labels, masks).losses["am"])
+
+
+def test_terms_do_not_import_the_wrapper():
+    import ast
+    import inspect
+
+    import attnguide.core.step as step_module
+    import attnguide.core.terms as terms_module
+
+    for module in (terms_module, step_module):
+        tree = ast.parse(inspect.getsource(module))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "attnguide.core.guide" not in imported, module.__name__

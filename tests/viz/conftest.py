@@ -28,7 +28,8 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def _train(scenes: Path, out: Path, **kw):
-    from attnguide.engine import TrainConfig, train
+    from attnguide.engine import TrainConfig
+    from attnguide.tasks.training import train
 
     base = dict(data=str(scenes), model="test_resnet", image_size=48, epochs=1, batch_size=8,
                 out=str(out), layer=LAYER, quiet=True, device="cpu", checkpoint_every=0)

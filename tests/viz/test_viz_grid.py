@@ -14,7 +14,7 @@ from PIL import Image
 from attnguide import viz
 from attnguide.data import open_dataset
 from attnguide.errors import AttnGuideError
-from attnguide.models.classifiers import load_model
+from attnguide.models.trained import load_model
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.filterwarnings("ignore:layer 'layer3' gives")

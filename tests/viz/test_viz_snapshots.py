@@ -61,3 +61,17 @@ def test_a_snapshot_leaves_the_random_state_and_train_mode_alone(scenes, tmp_pat
     assert path == tmp_path / "run" / "snapshots" / "epoch_007.png" and path.is_file()
     assert torch.equal(torch.get_rng_state(), state)
     assert all(m.training for m in trainer.model.modules())
+
+
+def test_the_callback_keeps_its_own_warned_flag(monkeypatch):
+    from types import SimpleNamespace
+
+    warnings = []
+    trainer = SimpleNamespace(val_ds=[0], reporter=SimpleNamespace(warn=warnings.append))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    callback = viz.AttentionSnapshots(2)
+    assert callback.on_epoch_end(trainer, {"epoch": 1}) is None
+    assert callback.on_epoch_end(trainer, {"epoch": 2}) is None
+    assert len(warnings) == 1 and callback.warned
+    assert sorted(vars(trainer)) == ["reporter", "val_ds"]  # nothing set on the trainer
+    assert viz.AttentionSnapshots(0).on_epoch_end(trainer, {"epoch": 1}) is None

@@ -22,11 +22,12 @@ import torch
 from torch.utils.data import Dataset
 
 from attnguide.data.folder import CLASSES_FILE, is_folder_dataset, read_folder_split
-from attnguide.data.io import check_label_values, read_label_map, read_rgb
+from attnguide.data.io import check_label_values, read_rgb
 from attnguide.data.sample import Sample
 from attnguide.data.transforms import apply_joint, joint_transform
 from attnguide.data.voc import find_voc_root, read_voc_split
 from attnguide.errors import AttnGuideError
+from attnguide.io.labels import load_label_png
 
 MODES = ("auto", "multi", "single")
 
@@ -102,7 +103,7 @@ class ImageLabelDataset(Dataset):
         image = read_rgb(sample.image_path, source)
         if sample.mask_path is None:
             return image, None
-        mask = read_label_map(sample.mask_path, source)
+        mask = load_label_png(sample.mask_path, source)
         if mask.shape != image.shape[:2]:
             raise AttnGuideError(
                 f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from attnguide.data.io import write_label_png
 from attnguide.data.scene_drawing import CUE_REGION, CUE_SIZE, SHAPES, TEXTURES, render_scene
 from attnguide.errors import AttnGuideError
+from attnguide.io.labels import save_label_png
 
 BIASES = ("background", "cue", "both", "none")
 FORMAT_VERSION = 1
@@ -255,7 +255,7 @@ def _write_split(folder: Path, split: str, count: int, params: dict, names: list
                                        params.get("colours") == "shared")
             stem = f"{split}_{i:05d}.png"
             Image.fromarray(image).save(folder / "images" / stem, compress_level=1)
-            write_label_png(folder / "masks" / stem, mask)
+            save_label_png(folder / "masks" / stem, mask)
             labels = " ".join(names[c] for c in sorted(classes))
             cue_name = "" if cue is None else names[cue]
             writer.writerow(

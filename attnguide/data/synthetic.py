@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from attnguide.data.io import IGNORE_INDEX, VOC_PALETTE, write_label_png
+from attnguide.constants import IGNORE
 from attnguide.data.voc import VOC_CLASSES
 from attnguide.errors import AttnGuideError
+from attnguide.io.labels import VOC_PALETTE, save_label_png
 
 BORDER = 2
 """Width of the 255 ("ignore") outline drawn around objects in VOC masks."""
@@ -98,10 +99,10 @@ def _write_image(
     labels = np.asarray(mask)
     bordered = _with_border(labels)
     if voc_mask:
-        write_label_png(voc / "SegmentationClass" / f"{image_id}.png", bordered)
+        save_label_png(voc / "SegmentationClass" / f"{image_id}.png", bordered)
     if sbd:
         aug = bordered if voc_mask else labels
-        write_label_png(voc / "SegmentationClassAug" / f"{image_id}.png", aug, palette=False)
+        save_label_png(voc / "SegmentationClassAug" / f"{image_id}.png", aug, palette=False)
     _write_annotation(voc / "Annotations" / f"{image_id}.xml", image_id, (height, width), objects)
 
 
@@ -118,7 +119,7 @@ def _box_in_slot(
 
 
 def _with_border(labels: np.ndarray) -> np.ndarray:
-    """Copy of an (H, W) label map with `IGNORE_INDEX` on pixels within BORDER of a label change."""
+    """Copy of an (H, W) label map with `IGNORE` on pixels within BORDER of a label change."""
     padded = np.pad(labels, BORDER, mode="edge")
     height, width = labels.shape
     edge = np.zeros(labels.shape, dtype=bool)
@@ -126,7 +127,7 @@ def _with_border(labels: np.ndarray) -> np.ndarray:
         for dx in range(-BORDER, BORDER + 1):
             shifted = padded[BORDER + dy : BORDER + dy + height, BORDER + dx : BORDER + dx + width]
             edge |= shifted != labels
-    return np.where(edge, IGNORE_INDEX, labels).astype(np.uint8)
+    return np.where(edge, IGNORE, labels).astype(np.uint8)
 
 
 def _write_annotation(

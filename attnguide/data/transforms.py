@@ -12,8 +12,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from attnguide.constants import IMAGENET_MEAN, IMAGENET_STD
-from attnguide.data.io import IGNORE_INDEX
+from attnguide.constants import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 
 TRAIN_SCALE = (0.5, 1.0)
 """Fraction of the image area kept by the training crop."""
@@ -51,14 +50,14 @@ def apply_joint(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `transform` on an (H, W, 3) uint8 image and its (H, W) uint8 mask.
 
-    A missing mask becomes all `IGNORE_INDEX`, so it follows the same geometry.
+    A missing mask becomes all `IGNORE`, so it follows the same geometry.
 
     Returns:
         image (3, S, S) float32 and mask (S, S) int64, as plain tensors.
     """
     height, width = image.shape[:2]
     if mask is None:
-        mask = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
+        mask = np.full((height, width), IGNORE, dtype=np.uint8)
     image_t = tv_tensors.Image(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1))
     mask_t = tv_tensors.Mask(torch.from_numpy(np.array(mask, copy=True)))
     image_out, mask_out = transform(image_t, mask_t)

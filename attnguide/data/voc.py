@@ -21,9 +21,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from attnguide.data.io import check_label_values, labels_in_mask, read_label_map
+from attnguide.data.io import check_label_values, labels_in_mask
 from attnguide.data.sample import Sample
 from attnguide.errors import AttnGuideError
+from attnguide.io.labels import load_label_png
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -98,7 +99,7 @@ def _read_sample(root: Path, image_id: str, source: str) -> Sample:
         raise FileNotFoundError(f"{source}: image {image_path} does not exist")
     mask_path = _find_mask(root, image_id)
     if mask_path is not None:
-        mask = read_label_map(mask_path, source)
+        mask = load_label_png(mask_path, source)
         check_label_values(mask, len(VOC_CLASSES), mask_path, source)
         labels = labels_in_mask(mask)
     else:

@@ -1,10 +1,17 @@
-"""Label maps on disk: VOC palette PNGs, written atomically.
+"""Label maps on disk: the VOC palette and the one label-PNG reader and writer.
 
 A label map is a ``uint8`` array of shape ``(H, W)``: 0 is background, ``k``
 the k-th foreground class counting from 1, 255 "ignore" (VOC convention).
-On disk it is a palette ("P") PNG whose pixel values are the class indices
-and whose palette is the VOC colour map, so that the file is both exact data
-and a viewable picture. Greyscale ("L") PNGs with class indices are read too.
+:func:`save_label_png` writes it as a palette ("P") PNG whose pixel values are
+the class indices and whose palette is the VOC colour map, so that the file is
+both exact data and a viewable picture; ``palette=False`` writes a greyscale
+("L") PNG instead (SBD's ``SegmentationClassAug`` style).
+
+:func:`load_label_png` reads what VOC-style folders hold: palette or greyscale
+PNGs (16/32-bit greyscale too, when the values fit 0..255) and RGB(A) PNGs
+painted in the VOC palette, each colour mapped back to its index (some tools
+save VOC masks that way). Any other colour, any other mode and any other
+format (JPEG changes class indices) is refused with the file's name.
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -18,25 +25,22 @@ Example:
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from attnguide.errors import AttnGuideError
+from attnguide.io.atomic import atomic_write
 
-__all__ = ["voc_palette", "save_label_png", "load_label_png", "save_overlay"]
+__all__ = ["VOC_PALETTE", "voc_palette", "save_label_png", "load_label_png", "save_overlay"]
+
+_SHOW = 5  # how many unknown colours an error message lists
 
 
-def voc_palette() -> np.ndarray:
-    """The 256-entry VOC colour map, shape ``(256, 3)``, ``uint8``.
-
-    Entry ``i`` spreads the bits of ``i`` over the three channels, most
-    significant first: bit ``3j`` of ``i`` goes to bit ``7 - j`` of red,
-    bit ``3j + 1`` to green, bit ``3j + 2`` to blue (``j = 0..7``). Hence
-    1 → (128, 0, 0), 2 → (0, 128, 0), 255 → (224, 224, 192).
-    """
+def _make_voc_palette() -> np.ndarray:
+    """Entry ``i`` spreads the bits of ``i`` over the three channels, most significant first:
+    bit ``3j`` of ``i`` goes to bit ``7 - j`` of red, ``3j + 1`` to green, ``3j + 2`` to blue."""
     palette = np.zeros((256, 3), dtype=np.uint8)
     for index in range(256):
         value, red, green, blue = index, 0, 0, 0
@@ -46,7 +50,21 @@ def voc_palette() -> np.ndarray:
             blue |= ((value >> 2) & 1) << shift
             value >>= 3
         palette[index] = (red, green, blue)
+    palette.flags.writeable = False
     return palette
+
+
+VOC_PALETTE: np.ndarray = _make_voc_palette()
+"""(256, 3) uint8, read-only: colour of label i (1 -> (128, 0, 0), 255 -> (224, 224, 192))."""
+
+_CODES = (VOC_PALETTE.astype(np.int32) << np.array([16, 8, 0])).sum(1)  # (256,) 0xRRGGBB, distinct
+_ORDER = np.argsort(_CODES)  # label of the k-th smallest colour code
+_SORTED_CODES = _CODES[_ORDER]
+
+
+def voc_palette() -> np.ndarray:
+    """A writable copy of :data:`VOC_PALETTE`, shape ``(256, 3)``, ``uint8``."""
+    return VOC_PALETTE.copy()
 
 
 def _as_label_map(label: np.ndarray, what: str) -> np.ndarray:
@@ -72,69 +90,94 @@ def _as_label_map(label: np.ndarray, what: str) -> np.ndarray:
     return label
 
 
-def _save_atomically(path: str | os.PathLike, image: Image.Image, format: str) -> None:
-    """Write ``image`` to a temporary file next to ``path``, then ``os.replace`` it there.
-
-    A reader never sees a half-written file, and an interrupted run leaves
-    no truncated PNG behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not 0600
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as stream:
-            image.save(stream, format=format)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _save_image(path: str | os.PathLike, image: Image.Image, image_format: str,
+                **options: object) -> None:
+    """Write ``image`` atomically (no half-written PNG is ever seen); not fsynced."""
+    atomic_write(path, lambda f: image.save(f, format=image_format, **options), durable=False)
 
 
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write ``label`` ``(H, W)`` as a palette PNG with the VOC colours, atomically.
+def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
+    """Write ``label`` ``(H, W)`` as a PNG of class indices, atomically.
 
     Args:
         path: destination file; missing parent folders are created.
         label: integer class indices in 0..255 (``uint8`` preferred).
+        palette: a palette PNG with the VOC colours (True) or a plain greyscale one.
     """
     label = _as_label_map(label, f"label for {os.fspath(path)!r}")
-    image = Image.fromarray(label)  # "L"; putpalette turns it into "P" keeping the indices
-    image.putpalette(voc_palette().tobytes())
-    _save_atomically(path, image, "PNG")
+    image = Image.fromarray(np.ascontiguousarray(label))  # "L"
+    if palette:
+        image.putpalette(VOC_PALETTE.tobytes())  # turns the "L" image into "P", indices kept
+    _save_image(path, image, "PNG", compress_level=1)  # label maps compress well at any level
 
 
-def load_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label map written by :func:`save_label_png` (or any "P"/"L" PNG).
+def _where(path: Path, source: str | None) -> str:
+    return repr(str(path)) + (f" (listed at {source})" if source else "")
+
+
+def load_label_png(path: str | os.PathLike, source: str | None = None) -> np.ndarray:
+    """Read a label-map PNG (see the module docstring for what is accepted).
+
+    Args:
+        path: the PNG.
+        source: where the file was listed (e.g. ``"train.csv line 4"``), for the messages.
 
     Returns:
-        ``uint8`` array ``(H, W)`` of class indices (palette indices for "P").
+        ``uint8`` array ``(H, W)`` of class indices.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        AttnGuideError: the file is not a PNG, or is a colour (RGB/RGBA/...)
-            image rather than a map of class indices.
+        AttnGuideError: the file is not a PNG, or not a label map (another mode,
+            values outside 0..255, or colours outside the VOC palette).
     """
     path = Path(path)
+    where = _where(path, source)
     if not path.is_file():
-        raise FileNotFoundError(f"label map {str(path)!r} does not exist")
+        raise FileNotFoundError(f"label map {where} does not exist")
     try:
         with Image.open(path) as image:
             image_format, mode = image.format, image.mode
-            if image_format == "PNG" and mode in ("P", "L"):
-                return np.array(image, dtype=np.uint8)
-    except UnidentifiedImageError as err:
-        raise AttnGuideError(f"{str(path)!r} is not an image; expected a label-map PNG") from err
+            pixels = np.array(image) if image_format == "PNG" else None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise AttnGuideError(f"{where} is not an image ({err}); expected a label-map PNG") from err
     if image_format != "PNG":
         raise AttnGuideError(
-            f"{str(path)!r} is a {image_format} file, not a label map: label maps must be "
+            f"{where} is a {image_format} file, not a label map: label maps must be "
             "lossless PNGs (JPEG compression changes class indices)"
         )
+    if mode in ("P", "L"):
+        return pixels.astype(np.uint8, copy=False)
+    if mode.startswith("I"):  # "I", "I;16", ...: 16/32-bit greyscale
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+            raise AttnGuideError(
+                f"label map {where} has values outside 0..255 (min {pixels.min()}, max "
+                f"{pixels.max()}); a label map holds 0, 1..C and 255"
+            )
+        return pixels.astype(np.uint8)
+    if mode in ("RGB", "RGBA"):
+        return _colours_to_labels(pixels[..., :3], where, mode)
     raise AttnGuideError(
-        f"{str(path)!r} is not a label map: its mode is {mode!r}, but label maps are palette "
-        "('P') or greyscale ('L') PNGs whose pixel values are class indices. A colour "
-        "rendering cannot be read back as classes; save the map with save_label_png."
+        f"{where} is not a label map: its mode is {mode!r}, but label maps are palette "
+        "('P') or greyscale ('L') PNGs whose pixel values are class indices, or RGB PNGs "
+        "painted in the VOC palette; save the map with save_label_png."
     )
+
+
+def _colours_to_labels(rgb: np.ndarray, where: str, mode: str) -> np.ndarray:
+    """Map an ``(H, W, 3)`` VOC-coloured image back to indices, or say which colours are not."""
+    codes = (rgb.astype(np.int32) << np.array([16, 8, 0])).sum(-1)  # (H, W) 0xRRGGBB
+    colours, inverse = np.unique(codes, return_inverse=True)
+    slots = np.searchsorted(_SORTED_CODES, colours).clip(max=255)
+    unknown = colours[_SORTED_CODES[slots] != colours]
+    if unknown.size:
+        shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:_SHOW])
+        raise AttnGuideError(
+            f"{where} is an {mode} image whose colours {shown}"
+            f"{' ...' if unknown.size > _SHOW else ''} are not VOC palette colours, so it is "
+            f"not a label map (its mode is {mode!r}). Save label maps as palette or "
+            "single-channel PNGs with values 0, 1..C, 255 (save_label_png)."
+        )
+    return _ORDER[slots].astype(np.uint8)[inverse.reshape(codes.shape)]
 
 
 def save_overlay(
@@ -164,8 +207,8 @@ def save_overlay(
         )
     if not 0.0 <= alpha <= 1.0:
         raise AttnGuideError(f"overlay alpha must be in [0, 1], got {alpha}")
-    colours = voc_palette()[label].astype(np.float32)  # (H, W, 3)
+    colours = VOC_PALETTE[label].astype(np.float32)  # (H, W, 3)
     blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
     out = np.where((label != 0)[..., None], blend, image).round().astype(np.uint8)
     image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    _save_atomically(path, Image.fromarray(out), image_format)
+    _save_image(path, Image.fromarray(out), image_format)

@@ -22,7 +22,6 @@ _EXPORTS = {
     "dense_crf": "crf",
     "crf_from_labels": "crf",
     "CRFPool": "crf",
-    "crf_throughput": "crf",
     "confusion_matrix": "evaluate",
     "iou_from_confusion": "evaluate",
     "ConfusionMatrix": "evaluate",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import pickle
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +31,7 @@ import numpy as np
 from attnguide.constants import IGNORE
 from attnguide.errors import AttnGuideError
 
-__all__ = ["CRFParams", "dense_crf", "crf_from_labels", "CRFPool", "crf_throughput"]
+__all__ = ["CRFParams", "dense_crf", "crf_from_labels", "CRFPool"]
 
 _MIN_PROB = 1e-5  # probabilities are clipped here before -log (as pydensecrf's unary_from_softmax)
 
@@ -340,61 +339,3 @@ class CRFPool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _synthetic_crf_inputs(
-    n_images: int, size: int, n_labels: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Random blocky images with blurred, noisy scores: inputs for :func:`crf_throughput`."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n_images):
-        blocks = rng.integers(0, n_labels, size=(4, 4))
-        truth = np.kron(blocks, np.ones((size // 4 + 1, size // 4 + 1), dtype=np.int64))
-        truth = truth[:size, :size]
-        palette = rng.integers(0, 256, size=(n_labels, 3))
-        image = np.clip(palette[truth] + rng.normal(0, 10, (size, size, 3)), 0, 255)
-        probs = np.eye(n_labels)[truth].transpose(2, 0, 1) + rng.uniform(
-            0, 1, (n_labels, size, size)
-        )
-        items.append((image.astype(np.uint8), (probs / probs.sum(0)).astype(np.float32)))
-    return items
-
-
-def crf_throughput(
-    n_images: int = 20,
-    size: int = 200,
-    workers: int = 1,
-    n_labels: int = 3,
-    params: CRFParams | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Images per second of :func:`dense_crf` through a :class:`CRFPool`.
-
-    The worker processes are started and warmed up (one CRF each) before the
-    clock starts, so the number is the steady-state rate of a long run.
-    ``n_labels`` 3 is background plus two classes, typical of a VOC image
-    (IRN runs the CRF over background and the image's own classes only).
-
-    Returns:
-        ``{"images_per_s", "seconds", "startup_s", "workers", "n_images", "size"}``.
-    """
-    if n_images < 1 or size < 4:
-        raise AttnGuideError(f"need n_images >= 1 and size >= 4, got {n_images} and {size}")
-    params = params or CRFParams()
-    items = _synthetic_crf_inputs(n_images, size, n_labels, seed)
-    with CRFPool(workers) as pool:
-        start = time.perf_counter()
-        pool.map(dense_crf, [(*items[0], params)] * max(1, workers))
-        startup = time.perf_counter() - start
-        start = time.perf_counter()
-        pool.map(dense_crf, [(image, probs, params) for image, probs in items])
-        seconds = time.perf_counter() - start
-    return {
-        "images_per_s": n_images / seconds,
-        "seconds": seconds,
-        "startup_s": startup,
-        "workers": workers,
-        "n_images": n_images,
-        "size": size,
-    }

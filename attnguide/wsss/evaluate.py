@@ -14,8 +14,11 @@ set has ``0 / 0``: its IoU is NaN and it is left out of the mean (a class
 that no image contains says nothing about the method). A class predicted
 but never present has IoU 0 and counts.
 
-The matrix is accumulated with ``numpy.bincount`` over ``N * gt + pred``;
-the test suite checks it equals torchmetrics' (``ignore_index=255``).
+The one implementation of the matrix and the IoU is here, in torch
+(``torch.bincount`` over ``N * gt + pred``, on the inputs' device); numpy
+arrays are accepted and numpy comes back, so the training loop (tensors on the
+GPU) and the folder evaluation (PNG files) count the same way. The test suite
+checks the matrix equals torchmetrics' (``ignore_index=255``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from attnguide.constants import IGNORE
 from attnguide.errors import AttnGuideError
@@ -40,67 +45,115 @@ __all__ = [
 ]
 
 _SHOW = 10  # how many offending names an error message lists
+_TORCH_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def _check_values(label: np.ndarray, num_classes: int, what: str, allow_ignore: bool) -> None:
-    """Raise if ``label`` holds a value < 0 or >= num_classes (other than 255 where allowed)."""
-    if label.dtype == np.uint8:  # the usual case: a 256-bin histogram is faster than np.unique
-        values = np.flatnonzero(np.bincount(label.reshape(-1), minlength=256))
-    else:
-        values = np.unique(label)
-    bad = values[((values < 0) | (values >= num_classes)) & ~((values == IGNORE) & allow_ignore)]
-    if bad.size:
-        allowed = f"0..{num_classes - 1}" + (" and 255 (ignore)" if allow_ignore else "")
-        hint = (
-            "predictions must give every pixel a class (255 is for ground truth only)"
-            if IGNORE in bad and not allow_ignore
-            else "check class_names (background included) or the files"
-        )
+def _as_labels(label: np.ndarray | Tensor, what: str) -> Tensor:
+    """``label`` as an integer tensor (numpy shares memory); refuse float or bool labels."""
+    if isinstance(label, Tensor):
+        if label.dtype not in _TORCH_INTS:
+            dtype = str(label.dtype).removeprefix("torch.")
+            raise AttnGuideError(
+                f"{what} must hold integer class indices, got dtype {dtype}; "
+                "take the argmax over class scores first"
+            )
+        return label
+    label = np.asarray(label)
+    if not np.issubdtype(label.dtype, np.integer):
         raise AttnGuideError(
-            f"{what} has label values {bad[:_SHOW].tolist()} but there are {num_classes} "
-            f"classes, so only {allowed} are valid; {hint}"
+            f"{what} must hold integer class indices, got dtype {label.dtype}; "
+            "take the argmax over class scores first"
         )
+    if label.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
+        label = label.astype(np.int64)  # uint16/32/64: no torch.bincount for them
+    return torch.from_numpy(np.ascontiguousarray(label))
 
 
-def _count(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """``bincount`` of ``N * gt + pred`` over pixels with ``gt != 255``, as ``(N, N)``."""
-    valid = gt != IGNORE
-    index = num_classes * gt[valid].astype(np.int64) + pred[valid]
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+def _check_values(label: Tensor, num_classes: int, what: str, allow_ignore: bool) -> None:
+    """Raise if ``label`` holds a value < 0 or >= num_classes (other than 255 where allowed)."""
+    info = torch.iinfo(label.dtype)  # compare only with scalars the dtype holds
+    bad = label >= num_classes if num_classes <= info.max else torch.zeros_like(label, dtype=bool)
+    if info.min < 0:
+        bad |= label < 0
+    if allow_ignore and IGNORE <= info.max:
+        bad &= label != IGNORE
+    if not bool(bad.any()):  # one elementwise pass; the values are looked up only on error
+        return
+    values = torch.unique(label[bad]).tolist()
+    allowed = f"0..{num_classes - 1}" + (" and 255 (ignore)" if allow_ignore else "")
+    hint = (
+        "predictions must give every pixel a class (255 is for ground truth only)"
+        if IGNORE in values and not allow_ignore
+        else "check class_names (background included) or the files"
+    )
+    raise AttnGuideError(
+        f"{what} has label values {values[:_SHOW]} but there are {num_classes} "
+        f"classes, so only {allowed} are valid; {hint}"
+    )
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """Confusion matrix of one prediction, ``int64 (num_classes, num_classes)``.
+def _count(pred: Tensor, gt: Tensor, num_classes: int) -> Tensor:
+    """``bincount`` of ``N * gt + pred`` over pixels with ``gt != 255``, as ``(N, N)`` int64.
+
+    Ignored pixels go to an extra bin ``N * N`` that is cut off: cheaper than
+    selecting the valid pixels first (a boolean gather).
+    """
+    n2 = num_classes**2
+    index = gt.to(torch.int32 if n2 < 2**31 else torch.int64) * num_classes + pred  # (...)
+    if IGNORE <= torch.iinfo(gt.dtype).max:
+        index.masked_fill_(gt == IGNORE, n2)
+    return torch.bincount(index.reshape(-1), minlength=n2 + 1)[:n2].view(num_classes, num_classes)
+
+
+def _confusion(pred, gt, num_classes: int, pred_what: str, gt_what: str) -> Tensor:
+    """Checked :func:`_count` of integer labels (tensors or arrays), as a tensor.
+
+    A numpy input joins the other input's device, so a GPU batch is counted on the GPU.
+    """
+    pred = pred if isinstance(pred, Tensor) else np.asarray(pred)
+    gt = gt if isinstance(gt, Tensor) else np.asarray(gt)
+    if tuple(pred.shape) != tuple(gt.shape):
+        raise AttnGuideError(
+            f"{pred_what} shape {tuple(pred.shape)} differs from {gt_what} {tuple(gt.shape)}")
+    device = pred.device if isinstance(pred, Tensor) else gt.device if isinstance(
+        gt, Tensor) else None
+    pred_t = _as_labels(pred, pred_what).to(device)
+    gt_t = _as_labels(gt, gt_what).to(device)
+    _check_values(pred_t, num_classes, pred_what, allow_ignore=False)
+    _check_values(gt_t, num_classes, gt_what, allow_ignore=True)
+    return _count(pred_t, gt_t, num_classes)
+
+
+def confusion_matrix(pred: np.ndarray | Tensor, gt: np.ndarray | Tensor,
+                     num_classes: int) -> np.ndarray | Tensor:
+    """Confusion matrix of one prediction (or a batch), ``int64 (num_classes, num_classes)``.
 
     Args:
-        pred: ``(H, W)`` predicted labels in ``0..num_classes-1``.
-        gt: ``(H, W)`` ground truth in ``0..num_classes-1`` or 255 (skipped).
+        pred: ``(H, W)`` (or any shape) predicted labels in ``0..num_classes-1``.
+        gt: the ground truth, same shape, in ``0..num_classes-1`` or 255 (skipped).
         num_classes: ``N``, background included.
 
     Returns:
-        ``M`` with ``M[i, j]`` = pixels of ground truth ``i`` predicted ``j``.
+        ``M`` with ``M[i, j]`` = pixels of ground truth ``i`` predicted ``j``: a tensor
+        (on the inputs' device) if either input is a tensor, else a numpy array.
     """
-    pred, gt = np.asarray(pred), np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise AttnGuideError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
-    for what, label in (("prediction", pred), ("ground truth", gt)):
-        if not np.issubdtype(label.dtype, np.integer):
-            raise AttnGuideError(
-                f"{what} must hold integer class indices, got dtype {label.dtype}; "
-                "take the argmax over class scores first"
-            )
-    _check_values(pred, num_classes, "prediction", allow_ignore=False)
-    _check_values(gt, num_classes, "ground truth", allow_ignore=True)
-    return _count(pred, gt, num_classes)
+    matrix = _confusion(pred, gt, num_classes, "prediction", "ground truth")
+    tensors = isinstance(pred, Tensor) or isinstance(gt, Tensor)
+    return matrix if tensors else matrix.numpy()
 
 
-def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
-    """Per-class IoU ``(N,)`` float64; NaN for classes absent from GT and prediction."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    true_positive = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - true_positive
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, true_positive / union, np.nan)
+def iou_from_confusion(confusion: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    """Per-class IoU ``(N,)`` float64; NaN for classes absent from GT and prediction.
+
+    A tensor gives a tensor (same device), anything else a numpy array.
+    """
+    matrix = (confusion if isinstance(confusion, Tensor)
+              else torch.from_numpy(np.ascontiguousarray(confusion))).double()
+    true_positive = matrix.diag()
+    union = matrix.sum(0) + matrix.sum(1) - true_positive
+    iou = torch.where(union > 0, true_positive / union.clamp_min(1),
+                      torch.full_like(true_positive, float("nan")))
+    return iou if isinstance(confusion, Tensor) else iou.numpy()
 
 
 @dataclass(frozen=True)
@@ -270,7 +323,7 @@ def evaluate_folders(
                 f"prediction {str(pred_path)!r} is {pred.shape} but ground truth "
                 f"{str(gt_path)!r} is {truth.shape}; predict at the original image size"
             )
-        _check_values(pred, n, f"prediction {str(pred_path)!r}", allow_ignore=False)
-        _check_values(truth, n, f"ground truth {str(gt_path)!r}", allow_ignore=True)
-        accumulator.confusion += _count(pred, truth, n)
+        accumulator.confusion += _confusion(
+            pred, truth, n, f"prediction {str(pred_path)!r}", f"ground truth {str(gt_path)!r}"
+        ).numpy()
     return accumulator.metrics()

@@ -13,7 +13,9 @@ from safetensors.torch import save_file
 from attnguide.engine import TrainConfig
 from attnguide.errors import AttnGuideError
 from attnguide.io.checkpoints import save_checkpoint
-from attnguide.models.classifiers import create_model, load_model, load_weights
+from attnguide.models.classifiers import create_model
+from attnguide.models.trained import load_model
+from attnguide.models.weights import load_weights
 
 
 def test_unknown_model_lists_close_timm_names():
@@ -92,3 +94,16 @@ def test_load_model_from_a_run_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no best.pt or last.pt"):
         load_model(tmp_path / "empty")
+
+
+def test_one_loader_with_the_shape_policy_as_a_parameter():
+    src = timm.create_model("test_resnet", num_classes=7)
+    model = timm.create_model("test_resnet", num_classes=3)
+    report = load_weights(model, src.state_dict(), on_mismatch="drop", report=False)
+    assert report.path == "<state dict>" and len(report.dropped) == 2
+    assert report.loaded[0] == next(iter(model.state_dict()))  # the model's order
+    with pytest.raises(AttnGuideError, match=r"encoder file has tensors of the wrong shape: "
+                                             r"fc\.weight: file \(7, 96\) vs model \(3, 96\)"):
+        load_weights(model, src.state_dict(), on_mismatch="raise", source="encoder file")
+    with pytest.raises(AttnGuideError, match="on_mismatch"):
+        load_weights(model, src.state_dict(), on_mismatch="ignore")

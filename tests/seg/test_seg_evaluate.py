@@ -13,7 +13,13 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
-from attnguide.wsss.evaluate import ConfusionMatrix, SegMetrics, confusion_matrix, evaluate_folders
+from attnguide.wsss.evaluate import (
+    ConfusionMatrix,
+    SegMetrics,
+    confusion_matrix,
+    evaluate_folders,
+    iou_from_confusion,
+)
 
 GT = np.array(
     [
@@ -163,8 +169,29 @@ def test_evaluate_folders_names_bad_files(tmp_path):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt", NAMES)
     from PIL import Image
 
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "pred" / "a.png")
+    # an RGB PNG is a label map only when painted in the VOC palette; (7, 7, 7) is not in it
+    Image.fromarray(np.full((4, 4, 3), 7, dtype=np.uint8)).save(tmp_path / "pred" / "a.png")
     with pytest.raises(AttnGuideError, match=r"pred/a\.png.*not a label map"):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt", NAMES)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         evaluate_folders(tmp_path / "nowhere", tmp_path / "gt", NAMES)
+
+
+def test_tensors_and_arrays_count_alike():
+    rng = np.random.default_rng(2)
+    gt = rng.integers(0, 5, size=(3, 9, 7))
+    gt[rng.random(gt.shape) < 0.2] = 255
+    pred = rng.integers(0, 5, size=gt.shape)
+    from_arrays = confusion_matrix(pred.astype(np.uint8), gt.astype(np.uint8), 5)
+    from_tensors = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(gt), 5)
+    assert isinstance(from_arrays, np.ndarray) and isinstance(from_tensors, torch.Tensor)
+    np.testing.assert_array_equal(from_arrays, from_tensors.numpy())
+    mixed = confusion_matrix(torch.from_numpy(pred), gt, 5)
+    assert isinstance(mixed, torch.Tensor) and torch.equal(mixed, from_tensors)
+    iou = iou_from_confusion(from_arrays)
+    assert isinstance(iou, np.ndarray)
+    np.testing.assert_allclose(iou, iou_from_confusion(from_tensors).numpy())
+    with pytest.raises(AttnGuideError, match="integer class indices, got dtype float32"):
+        confusion_matrix(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), 5)
+    with pytest.raises(AttnGuideError, match=r"values \[9\]"):
+        confusion_matrix(torch.full((2, 2), 9), torch.zeros(2, 2, dtype=torch.long), 5)

@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from attnguide.errors import AttnGuideError
-from attnguide.io.labels import load_label_png, save_label_png, save_overlay, voc_palette
+from attnguide.io.labels import (
+    VOC_PALETTE,
+    load_label_png,
+    save_label_png,
+    save_overlay,
+    voc_palette,
+)
 
 
 def test_voc_palette_known_entries():
@@ -55,9 +61,46 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
 
 def test_rgb_png_is_rejected_with_file_name(tmp_path):
     path = tmp_path / "colour.png"
-    Image.fromarray(np.zeros((3, 3, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.full((3, 3, 3), 7, dtype=np.uint8)).save(path)  # not a VOC colour
     with pytest.raises(AttnGuideError, match=r"colour\.png.*not a label map.*'RGB'"):
         load_label_png(path)
+
+
+def test_voc_coloured_rgb_png_is_read_as_indices(tmp_path):
+    label = np.random.default_rng(1).integers(0, 21, size=(6, 9)).astype(np.uint8)
+    label[0] = 255
+    Image.fromarray(voc_palette()[label]).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(load_label_png(tmp_path / "rgb.png"), label)
+    rgba = np.concatenate([voc_palette()[label], np.full((6, 9, 1), 255, np.uint8)], axis=2)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(load_label_png(tmp_path / "rgba.png"), label)
+    odd = voc_palette()[label]
+    odd[2, 3] = (1, 2, 3)
+    Image.fromarray(odd).save(tmp_path / "odd.png")
+    with pytest.raises(AttnGuideError, match=r"odd\.png.*\(1, 2, 3\).*not VOC palette colours"):
+        load_label_png(tmp_path / "odd.png")
+
+
+def test_sixteen_bit_and_other_modes(tmp_path):
+    label = np.array([[0, 3], [255, 1]], dtype=np.uint16)
+    Image.fromarray(label).save(tmp_path / "i16.png")
+    np.testing.assert_array_equal(load_label_png(tmp_path / "i16.png"), label)
+    Image.fromarray(label * 300).save(tmp_path / "big.png")
+    with pytest.raises(AttnGuideError, match=r"big\.png.*outside 0\.\.255"):
+        load_label_png(tmp_path / "big.png")
+    Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).convert("LA").save(tmp_path / "la.png")
+    with pytest.raises(AttnGuideError, match=r"la\.png.*not a label map.*'LA'"):
+        load_label_png(tmp_path / "la.png", source="list.txt line 2")
+
+
+def test_greyscale_write_and_palette_constant(tmp_path):
+    label = np.array([[0, 3], [255, 1]], dtype=np.int64)
+    save_label_png(tmp_path / "g.png", label, palette=False)
+    with Image.open(tmp_path / "g.png") as image:
+        assert image.mode == "L"
+    np.testing.assert_array_equal(load_label_png(tmp_path / "g.png"), label)
+    assert not VOC_PALETTE.flags.writeable
+    np.testing.assert_array_equal(VOC_PALETTE, voc_palette())
 
 
 def test_jpeg_and_non_images_and_missing_files(tmp_path):

@@ -16,11 +16,12 @@ import warnings
 import torch
 
 from attnguide.data import make_scenes
-from attnguide.engine import TrainConfig, train
+from attnguide.engine import TrainConfig
 from attnguide.tasks.evaluate import evaluate_predictions
-from attnguide.tasks.predict import predict
-from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
-from attnguide.tasks.segment import SegmentConfig, config_from_options, segment
+from attnguide.tasks.prediction import predict
+from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
+from attnguide.tasks.segmentation import SegmentConfig, config_from_options, segment
+from attnguide.tasks.training import train
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
             segment(SegmentConfig(data=str(root), labels="/tmp/gp0", arch=arch, encoder=encoder,
                                   crop_size=48, batch_size=8, iterations=3, checkpoint_every=2,
                                   amp=True, amp_dtype=dtype, device="cuda", quiet=True, out=out,
-                                  crf_eval=have_crf))
+                                  crf_eval=have_crf, overwrite=True))
             res = segment(config_from_options({"resume": out, "iterations": 5}))
             last = res.history[-1]
             print(f"segment {arch} amp {dtype}: step {last['step']} loss {last['train_loss']:.3f} "

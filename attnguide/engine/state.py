@@ -9,7 +9,8 @@ The state of both training loops (``attnguide train`` and ``segment``)::
     step                  optimizer steps done in total
     epoch_sums            running sums of the epoch's logged losses (so a resumed
                           epoch logs the same averages)
-    best                  {"metric", "value", "epoch"} of best.pt so far
+    best                  {"metric", "value", "guided"} of best.pt so far ("guided":
+                          whether it comes from a full epoch, not a warm-up one)
     model_name, class_names, multilabel, layer, image_size, normalize, config
 
 The file format itself (format, version, kind, atomic writes) is
@@ -29,6 +30,13 @@ from attnguide.errors import AttnGuideError
 from attnguide.io.checkpoints import CLASSIFIER, require_kind
 
 # ---------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's generators (the start of every run)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

@@ -7,10 +7,14 @@ One iteration::
     out.loss.backward(); clip; optimizer.step(); scheduler.step()
 
 After each epoch: evaluation on the validation split, one line in
-``metrics.jsonl``, ``last.pt`` (and ``best.pt`` when the best metric improved).
-``last.pt`` is also written every ``checkpoint_every`` iterations; ``--resume``
-restores everything (weights, optimizer, scheduler, scaler, generators, the
-position in the epoch) and continues bit-exactly on CPU.
+``metrics.jsonl``, ``last.pt`` (and ``best.pt`` when the best metric improved),
+then the callbacks (``attnguide train``'s attention snapshots). The skeleton
+(AMP, clipping, DDP, resume, best.pt, metrics.jsonl) is
+:class:`attnguide.engine.loop.Loop`'s; ``last.pt`` is also written every
+``checkpoint_every`` iterations; ``--resume`` restores everything (weights,
+optimizer, scheduler, scaler, generators, the position in the epoch) and
+continues bit-exactly on CPU. A warm-up epoch (classification only) never
+outranks a guided one for best.pt.
 
 Evaluation (rank 0):
 - ``val_accuracy``: top-1 accuracy (single-label) or exact match at 0.5 (multi-label);
@@ -28,24 +32,23 @@ Evaluation (rank 0):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import random
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from attnguide.constants import IGNORE
 from attnguide.core.guidance import guide_kwargs
+from attnguide.core.guide import GuidedAttention, extract_logits
+from attnguide.core.hooks import eval_mode
+from attnguide.core.losses import classification_loss
+from attnguide.data import open_dataset
 from attnguide.engine import state as ckpt_state
 from attnguide.engine.config import TrainConfig, needs_masks, resolve_auto, save_config
-from attnguide.engine.distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
 from attnguide.engine.loader import EpochBatchSampler, make_loader
+from attnguide.engine.loop import Loop, RunResult
 from attnguide.engine.metrics import (
     accuracy,
     attention_inside,
@@ -56,44 +59,16 @@ from attnguide.engine.metrics import (
     mean_iou,
 )
 from attnguide.engine.optim import build_optimizer, build_scheduler
-from attnguide.engine.progress import Reporter
 from attnguide.errors import AttnGuideError
-from attnguide.io.atomic import atomic_write
-from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint, save_checkpoint
+from attnguide.io.checkpoints import CLASSIFIER
 from attnguide.models.classifiers import create_model
 
 SUM_KEYS = ("loss", "cls", "am", "ext", "area", "attention_area", "rrr", "images")
 """Running sums of an epoch; terms beyond the built-in ones (ext_all, bg) follow "images"."""
 IMAGES = SUM_KEYS.index("images")
 
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        run_dir: the run folder. history: the metrics.jsonl records.
-        best_metric / best_value: the metric that picked best.pt and its value.
-    """
-
-    run_dir: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_metric: str = ""
-    best_value: float | None = None
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+TrainResult = RunResult
+"""What :func:`attnguide.tasks.training.train` returns (the loop's one result type)."""
 
 
 def _pixel_labels(value: str | None) -> int | str | None:
@@ -107,53 +82,19 @@ def _pixel_labels(value: str | None) -> int | str | None:
     return text
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None without ``--amp``."""
-    if not cfg.amp:
-        return None
-    if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and device.type == "cuda"):
-        if device.type != "cuda":
-            raise AttnGuideError("--amp-dtype fp16 needs CUDA; on CPU use --amp-dtype bf16")
-        return torch.float16
-    return torch.bfloat16
-
-
-def _better(metric: str, new: float, old: float | None) -> bool:
-    if new is None or (isinstance(new, float) and math.isnan(new)):
-        return False
-    if old is None or (isinstance(old, float) and math.isnan(old)):
-        return True
-    return new < old if "loss" in metric else new > old
-
-
-class Trainer:
+class Trainer(Loop):
     """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`.
 
     Attributes useful to callers: ``guide`` (the GuidedAttention, not wrapped),
-    ``model`` (the bare model), ``optimizer``, ``scheduler``, ``run_dir``.
+    ``model`` (the bare model), ``optimizer``, ``scheduler``, ``run_dir``,
+    ``val_ds``, ``class_names``, ``multilabel``; ``callbacks``: objects with
+    ``on_epoch_end(trainer, record)``, called on the main process after each epoch.
     """
 
-    def __init__(self, cfg: TrainConfig, reporter: Reporter | None = None) -> None:
-        self.cfg = cfg.validate()
-        self.device = resolve_device(cfg.device)
-        self.dist: DistInfo = setup_distributed(self.device)
-        try:
-            self._build(cfg, reporter)
-        except BaseException:
-            self.dist.close()
-            raise
+    count_index = IMAGES
+    full_epoch_default = False
 
-    def _build(self, cfg: TrainConfig, reporter: Reporter | None) -> None:
-        from attnguide.core.guide import GuidedAttention
-        from attnguide.data import open_dataset
-
-        self.reporter = reporter or Reporter(quiet=cfg.quiet)
-        if not self.dist.is_main:
-            self.reporter = Reporter(self.reporter.console, silent=True)
-        self.run_dir = Path(cfg.out)
-        self.amp_dtype = autocast_dtype(cfg, self.device)
-
-        seed_everything(cfg.seed)
+    def _build(self, cfg: TrainConfig) -> None:
         # ---- data
         self.train_ds = open_dataset(cfg.data, cfg.train_split, cfg.image_size, train=True,
                                      pixel_labels=_pixel_labels(cfg.pixel_labels), seed=cfg.seed,
@@ -191,24 +132,20 @@ class Trainer:
         self.loader = make_loader(self.train_ds, self.sampler, cfg.seed, cfg.workers,
                                   pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch()
+        self.epochs = cfg.epochs
 
         # ---- resume: check before building anything expensive
-        self.resume_state: dict[str, Any] | None = None
-        if not cfg.resume and not cfg.overwrite and (self.run_dir / "last.pt").exists():
-            raise AttnGuideError(
-                f"{self.run_dir} already holds a run (last.pt): continue it with --resume "
-                f"{self.run_dir}, pick another --out, or pass --overwrite")
-        if cfg.resume:
-            path = resolve_checkpoint(cfg.resume, prefer="last")
-            state = read_checkpoint(path)
+        state = self.read_resume(CLASSIFIER)
+        if state is not None:
+            path = self.resume_path
             ckpt_state.check_compatible(state, path, model_name=cfg.model, class_names=self.class_names,
-                                     multilabel=self.multilabel)
+                                        multilabel=self.multilabel)
             before = (state.get("config") or {}).get("batch_size")
             if state.get("batch", 0) and before != cfg.batch_size:
                 raise AttnGuideError(
                     f"cannot resume {path} in the middle of an epoch with --batch-size "
                     f"{cfg.batch_size}: it was trained with {before}; keep the batch size")
-            self.resume_state, self.resume_path = state, path
+            self.resume_state = state
 
         # ---- model
         self.model = create_model(cfg.model, len(self.class_names),
@@ -224,173 +161,90 @@ class Trainer:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         self.guide = GuidedAttention(self.model, **guide_kwargs(cfg.to_dict()))
-        self.module: nn.Module = self.guide
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.module = DistributedDataParallel(
-                self.guide, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.module: nn.Module = self.wrap_ddp(self.guide)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
-        self.scaler = (torch.amp.GradScaler("cuda")
-                       if self.amp_dtype == torch.float16 else None)
+        self.scaler = self.make_scaler()
 
         # ---- progress state
-        self.epoch, self.batch, self.step = 0, 0, 0
         self.extra_terms = [name for name in self.guide.terms if name not in SUM_KEYS]
         self.sums = torch.zeros(len(SUM_KEYS) + len(self.extra_terms), dtype=torch.float64,
                                 device=self.device)
-        self.history: list[dict[str, Any]] = []
         self.best_metric = cfg.best_metric
         if self.best_metric == "auto":
             self.best_metric = ("val_map" if self.multilabel else "val_accuracy") if self.val_ds else "train_loss"
-        self.best_value: float | None = None
-        self.best_guided = False  # whether best.pt comes from a guided epoch
-        self.tb = None
+        self.tb: TensorBoardLog | None = None
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ the loop's hooks
 
-    def state_dict(self) -> dict[str, Any]:
-        from attnguide.data import IMAGENET_MEAN, IMAGENET_STD
-
+    def checkpoint_extras(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": ckpt_state.rng_state(),
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "step": self.step,
-            "epoch_sums": self.sums.cpu().tolist(),
-            "history": self.history,
-            "best": {"metric": self.best_metric, "value": self.best_value,
-                     "guided": self.best_guided},
+            "kind": CLASSIFIER,
             "model_name": self.cfg.model,
             "class_names": self.class_names,
             "multilabel": self.multilabel,
             "layer": self.guide.layer_name,
             "image_size": self.cfg.image_size,
-            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "config": {**self.cfg.to_dict(), "resume": None},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        ckpt_state.restore_loop_state(self, state)
-        best = state.get("best") or {}
-        if best.get("metric") == self.best_metric:
-            self.best_value = best.get("value")
-            self.best_guided = bool(best.get("guided", False))
+    def write_config(self) -> None:
+        save_config(self.cfg, self.run_dir / self.config_name)
+        if self.auto_note:
+            self.reporter.info(self.auto_note)
 
-    def save(self, *names: str) -> None:
-        if self.dist.is_main:
-            save_checkpoint(self.state_dict(), *[self.run_dir / n for n in names])
-
-    # ------------------------------------------------------------------ running
-
-    def fit(self) -> TrainResult:
+    def on_fit_start(self) -> None:
         cfg = self.cfg
-        try:
-            if self.dist.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.run_dir / "config.yaml")
-                if self.auto_note:
-                    self.reporter.info(self.auto_note)
-            if self.resume_state is not None:
-                self.load_state_dict(self.resume_state)
-                self.resume_state = None
-                self.reporter.info(f"resumed from {self.resume_path} at epoch {self.epoch + 1}, "
-                                   f"batch {self.batch}/{self.steps_per_epoch}, step {self.step}")
-                if self.dist.is_main:  # metrics of the epochs the checkpoint has seen
-                    self._write_metrics()
-            elif self.dist.is_main:
-                (self.run_dir / "metrics.jsonl").write_text("")
-            if cfg.guidance != "none" and cfg.warmup_epochs >= cfg.epochs:
-                self.reporter.warn(f"--warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: "
-                                   "guided attention is never switched on")
-            if cfg.tensorboard and self.dist.is_main:
-                self.tb = _tensorboard(self.run_dir / "tensorboard")
-            while self.epoch < cfg.epochs:
-                self._train_epoch()
-                record = self._end_epoch()
-                self.reporter.epoch_line(record, cfg.epochs)
-        finally:
-            if self.tb is not None:
-                self.tb.close()
-            self.reporter.end_epoch()
-            self.dist.close()
-        return TrainResult(self.run_dir, self.history, self.best_metric, self.best_value)
+        if cfg.guidance != "none" and cfg.warmup_epochs >= cfg.epochs:
+            self.reporter.warn(f"--warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: "
+                               "guided attention is never switched on")
+        if cfg.tensorboard and self.dist.is_main:
+            self.tb = TensorBoardLog(self.run_dir / "tensorboard")
+            self.callbacks.insert(0, self.tb)
+
+    def on_step(self) -> None:
+        if self.tb is not None:
+            self.tb.step(self)
+
+    def on_fit_end(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.callbacks.remove(self.tb)
+            self.tb = None
 
     def _guided(self, epoch: int) -> bool:
         return self.cfg.guidance != "none" and epoch >= self.cfg.warmup_epochs
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def epoch_guided(self) -> bool:
+        return self._guided(self.epoch)
 
-    def _train_epoch(self) -> None:
+    def full_epoch(self, record: dict[str, Any]) -> bool:
+        return self.cfg.guidance == "none" or bool(record["guided"])
+
+    def _autocast(self):  # the name evaluate() and older callers know
+        return self.autocast()
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[Tensor, int, list[Tensor]]:
         cfg, device = self.cfg, self.device
         guided = self._guided(self.epoch)
-        self.sampler.set_epoch(self.epoch, self.batch)
-        if self.batch == 0:
-            self.sums.zero_()
-        self.model.train()
-        self.reporter.start_epoch(self.epoch, cfg.epochs, self.steps_per_epoch, self.batch, guided)
-        self._epoch_start = time.perf_counter()
-        self._epoch_images = 0
-        for batch in self.loader:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device, non_blocking=True)
-            if not self.multilabel:
-                labels = labels.argmax(dim=1)
-            masks = None
-            if guided and needs_masks(cfg.guidance) and bool(batch["pixel_label"].any()):
-                keep = batch["pixel_label"][:, None, None]
-                masks = torch.where(keep, batch["mask"], torch.full_like(batch["mask"], IGNORE))
-                masks = masks.to(device, non_blocking=True)
-            with self._autocast():
-                out = self.module(images, labels, masks, guidance=guided)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(out.loss).backward()
-                if cfg.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                out.loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            self.batch += 1
-            n = images.shape[0]
-            self._epoch_images += n
-            area = out.stats.get("attention_area", out.losses["area"]) if out.stats else out.losses["area"]
-            with torch.no_grad():
-                zero = out.losses["cls"].detach() * 0
-                values = [out.loss, out.losses["cls"], out.losses["am"], out.losses["ext"],
-                          out.losses["area"], area, out.losses.get("rrr", zero), zero + 1,
-                          *(out.losses.get(name, zero) for name in self.extra_terms)]
-                self.sums += torch.stack([v.detach().double() for v in values]) * n
-            del out
-            elapsed = time.perf_counter() - self._epoch_start
-            ips = self._epoch_images * self.dist.world_size / max(elapsed, 1e-9)
-            if self.reporter.bar:
-                self.reporter.update(float(self.sums[0] / self.sums[IMAGES]), ips)
-            if self.tb is not None:
-                self.tb.add_scalar("train/loss_step", float(self.sums[0] / self.sums[IMAGES]), self.step)
-                self.tb.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save("last.pt")
-        self.reporter.end_epoch()
+        images = batch["image"].to(device, non_blocking=True)  # (B, 3, S, S)
+        labels = batch["labels"].to(device, non_blocking=True)  # (B, C) multi-hot
+        if not self.multilabel:
+            labels = labels.argmax(dim=1)  # (B,)
+        masks = None
+        if guided and needs_masks(cfg.guidance) and bool(batch["pixel_label"].any()):
+            keep = batch["pixel_label"][:, None, None]
+            masks = torch.where(keep, batch["mask"], torch.full_like(batch["mask"], IGNORE))  # (B, S, S)
+            masks = masks.to(device, non_blocking=True)
+        with self.autocast():
+            out = self.module(images, labels, masks, guidance=guided)
+        area = out.stats.get("attention_area", out.losses["area"]) if out.stats else out.losses["area"]
+        zero = out.losses["cls"].detach() * 0
+        values = [out.loss, out.losses["cls"], out.losses["am"], out.losses["ext"],
+                  out.losses["area"], area, out.losses.get("rrr", zero), zero + 1,
+                  *(out.losses.get(name, zero) for name in self.extra_terms)]
+        return out.loss, images.shape[0], values
 
-    def _end_epoch(self) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self._epoch_start
-        sums = all_reduce_sum(self.sums.clone(), self.dist).tolist()
+    def epoch_record(self, sums: list[float], elapsed: float) -> dict[str, Any]:
         count = max(sums[IMAGES], 1.0)
         guided = self._guided(self.epoch)
         record: dict[str, Any] = {
@@ -408,42 +262,11 @@ class Trainer:
                for i, name in enumerate(self.extra_terms)},
             "lr": self.scheduler.get_last_lr()[0],
             "time": elapsed,
-            "images_per_s": self._epoch_images * self.dist.world_size / max(elapsed, 1e-9),
+            "images_per_s": self.images_per_s(elapsed),
         }
         if self.dist.is_main and self.val_ds is not None:
             record.update(self.evaluate())
-            if self.cfg.snapshots:  # RUN/snapshots/epoch_XXX.png, see attnguide.viz.pictures
-                from attnguide.viz.pictures import training_snapshot
-
-                training_snapshot(self, record)
-        value = record.get(self.best_metric)
-        # best.pt: a guided epoch outranks every warm-up epoch, whatever their metrics
-        guided = self.cfg.guidance == "none" or bool(record["guided"])
-        if guided and not self.best_guided:
-            self.best_value = None
-        improved = (self.dist.is_main and (guided or not self.best_guided)
-                    and _better(self.best_metric, value, self.best_value))
-        if improved:
-            self.best_value, self.best_guided = value, guided
-        record["best"] = bool(improved)
-        self.history.append(record)
-        self.epoch += 1
-        self.batch = 0
-        self.sums.zero_()
-        if self.dist.is_main:
-            self._write_metrics()
-            self.save("last.pt", *(["best.pt"] if improved else []))
-            if self.tb is not None:
-                for key, val in record.items():
-                    if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
-                        self.tb.add_scalar(("val/" if key.startswith("val_") else "train/") + key,
-                                           val, record["epoch"])
-        self.dist.barrier()
         return record
-
-    def _write_metrics(self) -> None:
-        lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in self.history)
-        atomic_write(self.run_dir / "metrics.jsonl", lines.encode())
 
     # ------------------------------------------------------------------ evaluation
 
@@ -452,7 +275,31 @@ class Trainer:
         return evaluate(self.guide, dataset if dataset is not None else self.val_ds,
                         multilabel=self.multilabel, device=self.device,
                         batch_size=batch_size or self.cfg.batch_size, workers=self.cfg.workers,
-                        cam_threshold=self.cfg.cam_threshold, autocast=self._autocast)
+                        cam_threshold=self.cfg.cam_threshold, autocast=self.autocast)
+
+
+class TensorBoardLog:
+    """``--tensorboard``: the running loss and LR per iteration, each epoch's numbers per epoch."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise AttnGuideError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(folder))
+
+    def step(self, loop: Trainer) -> None:
+        self.writer.add_scalar("train/loss_step", float(loop.sums[0] / loop.sums[IMAGES]), loop.step)
+        self.writer.add_scalar("train/lr", loop.scheduler.get_last_lr()[0], loop.step)
+
+    def on_epoch_end(self, loop: Trainer, record: dict[str, Any]) -> None:
+        for key, val in record.items():
+            if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
+                self.writer.add_scalar(("val/" if key.startswith("val_") else "train/") + key,
+                                       val, record["epoch"])
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _gt_classes(labels: Tensor, multilabel: bool) -> tuple[Tensor, Tensor]:
@@ -477,10 +324,6 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
     images with masks ``val_cam_miou``, ``val_cam_iou`` (per class, background first),
     ``val_attention_inside``, ``val_attention_area``.
     """
-    from attnguide.core.guide import extract_logits
-    from attnguide.core.hooks import eval_mode
-    from attnguide.core.losses import classification_loss
-
     n_classes = dataset.num_classes
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
     loader = make_loader(dataset, sampler, 0, workers)
@@ -527,23 +370,3 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
         out["val_attention_inside"] = inside_sum / inside_n if inside_n else None
         out["val_attention_area"] = area_sum / area_n if area_n else None
     return out
-
-
-def _tensorboard(folder: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise AttnGuideError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(folder))
-
-
-def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Train a guided classifier as ``cfg`` says; see :class:`TrainConfig`.
-
-    Example:
-        >>> from attnguide.engine import TrainConfig, train
-        >>> result = train(TrainConfig(data="data/scenes", model="resnet18", guidance="ext",
-        ...                            epochs=5, out="runs/scenes"))
-        >>> result.history[-1]["val_cam_miou"]
-    """
-    return Trainer(cfg, reporter).fit()

@@ -18,12 +18,20 @@ fc6 and fc7 are followed by dropout 0.5. A ``(B, 3, H, W)`` input gives
 ``ceil(H / 8) x ceil(W / 8)`` logits (41x41 for the 321x321 crops of SEC).
 The conv layers carry torchvision's VGG16 names (``features.0`` ...
 ``features.28``), so a torchvision or timm VGG16 file loads into them.
+
+Every architecture is behind :data:`SEGMENTERS` with one contract,
+:class:`SegmenterSpec` (``segmenter_spec(arch)``): build, optimizer groups for
+``head_lr_mult``, the input multiple, logits at the input size and SEC's
+stride-8 logits, so the segment loop, evaluation and ``predict`` never ask
+which network they hold. (A little over 400 lines: the network, its weights
+and the smp factory are one architecture family each and read best together.)
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import warnings
 
@@ -31,15 +39,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnguide.core.registry import Registry
 from attnguide.errors import AttnGuideError
-from attnguide.models.classifiers import LoadReport  # one report type for every weights file
+from attnguide.models.weights import LoadReport, load_weights, read_state_dict
 
 __all__ = [
+    "SEGMENTERS",
     "DeepLabLargeFOV",
     "LoadReport",
-    "load_vgg16_weights",
+    "SegmenterSpec",
+    "Stride8Logits",
     "create_segmenter",
+    "input_multiple",
+    "load_vgg16_weights",
+    "predict_logits",
     "segmenter_names",
+    "segmenter_spec",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,40 +134,18 @@ class DeepLabLargeFOV(nn.Module):
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or ``torch.save`` file (``weights_only=True``), nested
-    ``state_dict``/``model`` entries unwrapped and a ``module.`` prefix (DataParallel)
-    dropped: the same reader as the classifiers' ``--weights``."""
-    from attnguide.models.classifiers import read_state_dict
-
+    """:func:`~attnguide.models.weights.read_state_dict` with a ``module.`` prefix
+    (DataParallel) dropped, so that ``features.*`` is found under it too."""
     return {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike,
                source: str) -> LoadReport:
-    """Copy the tensors of ``state`` whose names and shapes match ``module``'s; report the rest."""
-    own = module.state_dict()
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise AttnGuideError(
-            f"{source} has tensors of the wrong shape: {'; '.join(mismatched[:5])}"
-        )
-    usable = {k: v for k, v in state.items() if k in own}
-    if not usable:
-        raise AttnGuideError(
-            f"{source} has none of the expected parameter names (model has e.g. "
-            f"{list(own)[:3]}, file has e.g. {list(state)[:3]}); is it the right architecture?"
-        )
-    module.load_state_dict(usable, strict=False)
-    return LoadReport(
-        path=str(path),
-        loaded=sorted(usable),
-        missing=sorted(k for k in own if k not in usable),
-        unexpected=sorted(k for k in state if k not in own),
-    )
+    """:func:`~attnguide.models.weights.load_weights` with the encoders' policy: a tensor
+    of the wrong shape refuses the file (an encoder has none that may differ); not logged."""
+    report = load_weights(module, state, on_mismatch="raise", report=False, source=source)
+    report.path = str(path)
+    return report
 
 
 def load_vgg16_weights(model: DeepLabLargeFOV, path: str | os.PathLike) -> LoadReport:
@@ -160,7 +153,8 @@ def load_vgg16_weights(model: DeepLabLargeFOV, path: str | os.PathLike) -> LoadR
 
     Only ``features.*`` tensors are used; the file's fully connected layers
     (torchvision ``classifier.*``, timm ``pre_logits.*`` / ``head.*``) are
-    listed as ``unexpected``, and fc6/fc7/fc8 stay as initialised.
+    listed as ``unexpected``, and fc6/fc7/fc8 stay as initialised. A
+    ``features.*`` tensor of another shape refuses the file.
 
     Args:
         model: a :class:`DeepLabLargeFOV`.
@@ -202,8 +196,8 @@ def segmenter_names() -> list[str]:
     try:
         smp = _import_smp()
     except AttnGuideError:
-        return [DEEPLAB_ARCH]
-    return [DEEPLAB_ARCH, *sorted(smp.MODEL_ARCHITECTURES_MAPPING)]
+        return SEGMENTERS.names()
+    return [*SEGMENTERS.names(), *sorted(smp.MODEL_ARCHITECTURES_MAPPING)]
 
 
 def _check_smp_encoder(smp, encoder: str) -> None:
@@ -253,42 +247,167 @@ def create_segmenter(
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise AttnGuideError(f"num_classes must be a positive int, got {num_classes!r}")
-    key = arch.lower().replace("_", "-")
-    if key == DEEPLAB_ARCH:
+    return segmenter_spec(arch).build(encoder, num_classes, encoder_weights_path)
+
+
+# ---------------------------------------------------------------------- the uniform contract
+
+
+def main_output(out: torch.Tensor | tuple | list) -> torch.Tensor:
+    """The logits of a forward pass (smp models with an auxiliary head return a tuple)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def input_multiple(model: nn.Module) -> int:
+    """The multiple H and W must have: the smp encoder's output stride, else 1."""
+    if getattr(model, "requires_divisible_input_shape", False) and hasattr(model, "encoder"):
+        return int(getattr(model.encoder, "output_stride", 32))
+    return 1
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Logits ``(B, N, H, W)`` of normalised images ``(B, 3, H, W)``, padding H and W
+    with zeros (the mean colour) up to ``multiple`` and cropping the result."""
+    height, width = x.shape[-2:]
+    ph = math.ceil(height / multiple) * multiple - height
+    pw = math.ceil(width / multiple) * multiple - width
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return main_output(model(x))[..., :height, :width]
+
+
+class SegmenterSpec:
+    """What the training loop, evaluation and ``predict`` need of one segmenter
+    architecture, the same for every entry of :data:`SEGMENTERS`.
+
+    The default methods fit any model whose ``forward(x)`` gives full-size logits
+    (smp models); an architecture overrides what it does differently.
+
+    Attributes:
+        arch: the name it was looked up by. default_encoder: the encoder when none is given.
+    """
+
+    default_encoder: str | None = "resnet50"
+
+    def __init__(self, arch: str) -> None:
+        self.arch = arch
+
+    def encoder(self, encoder: str | None) -> str | None:
+        """The encoder a run uses: ``encoder``, else :attr:`default_encoder`."""
+        return encoder or self.default_encoder
+
+    def build(self, encoder: str | None, num_classes: int,
+              weights: str | os.PathLike | None = None) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
+        """Base LR for everything, ``head_lr_mult * lr`` for the last classifier layer
+        (an smp model's ``segmentation_head``)."""
+        head = getattr(model, "segmentation_head", None)
+        head_params = list(head.parameters()) if head is not None else []
+        ids = {id(p) for p in head_params}
+        body = [p for p in model.parameters() if id(p) not in ids]
+        groups = [{"params": body, "lr": lr}]
+        if head_params:
+            groups.append({"params": head_params, "lr": lr * head_lr_mult})
+        return groups
+
+    def input_multiple(self, model: nn.Module) -> int:
+        """The multiple the input's H and W must have (the output stride where it matters)."""
+        return input_multiple(model)
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> logits ``(B, N, H, W)`` at the input size, any H and W."""
+        return predict_logits(model, x, self.input_multiple(model))
+
+    def stride8_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> the logits ``(B, N, ceil(S/8), ceil(S/8))`` SEC's losses use:
+        the full-size logits average-pooled by 8."""
+        return F.avg_pool2d(main_output(model(x)), 8, ceil_mode=True)
+
+
+SEGMENTERS = Registry("segmenter")
+"""Segmenter architectures by name: ``deeplab-largefov``; every other name is looked up
+among smp's architectures (:func:`segmenter_spec`)."""
+
+
+@SEGMENTERS.register(DEEPLAB_ARCH)
+class DeepLabSpec(SegmenterSpec):
+    """DeepLab-LargeFOV: a fixed VGG16 encoder, fc8 at 10x LR, SEC's logits from fc8."""
+
+    default_encoder = None
+
+    def build(self, encoder, num_classes, weights=None):
         if encoder not in (None, "vgg16"):
             raise AttnGuideError(
                 f"{DEEPLAB_ARCH} has a fixed VGG16 encoder; pass encoder=None or 'vgg16', "
                 f"not {encoder!r} (for other encoders use an smp arch such as 'deeplabv3plus')"
             )
         model = DeepLabLargeFOV(num_classes)
-        if encoder_weights_path is not None:
-            _warn_missing(load_vgg16_weights(model, encoder_weights_path), encoder_weights_path)
+        if weights is not None:
+            _warn_missing(load_vgg16_weights(model, weights), weights)
         return model
 
-    smp = _import_smp()
-    if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
-        close = difflib.get_close_matches(arch.lower(), segmenter_names(), n=3)
-        raise AttnGuideError(
-            f"unknown segmenter arch {arch!r}; close matches: {close}. "
-            f"Valid: {', '.join(segmenter_names())}"
-        )
-    if not encoder:
-        raise AttnGuideError(f"arch {arch!r} needs an encoder, e.g. 'resnet34' or 'tu-resnet18'")
-    _check_smp_encoder(smp, encoder)
-    try:
-        model = smp.create_model(
-            arch, encoder_name=encoder, encoder_weights=None, classes=num_classes
-        )
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise AttnGuideError(f"smp cannot build {arch!r} with encoder {encoder!r}: {err}") from err
-    if encoder_weights_path is not None:
-        # tu- encoders wrap the timm model (features_only) in ``.model``, with timm's names
-        target = model.encoder.model if encoder.startswith("tu-") else model.encoder
-        state = _read_state_dict(encoder_weights_path)
-        report = _load_into(target, state, encoder_weights_path,
-                            f"encoder weight file {str(encoder_weights_path)!r}")
-        _warn_missing(report, encoder_weights_path)
-    return model
+    def param_groups(self, model, lr, head_lr_mult):
+        return model.param_groups(lr, head_lr_mult)
+
+    def input_multiple(self, model):
+        return 1  # any size: fc8 is upsampled to the input
+
+    def stride8_logits(self, model, x):
+        return model.classifier(model.forward_features(x))  # fc8 on the stride-8 features
+
+
+class SmpSpec(SegmenterSpec):
+    """An architecture of segmentation_models_pytorch (``unet``, ``deeplabv3plus``, ...)."""
+
+    def build(self, encoder, num_classes, weights=None):
+        arch = self.arch
+        smp = _import_smp()
+        if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+            close = difflib.get_close_matches(arch.lower(), segmenter_names(), n=3)
+            raise AttnGuideError(
+                f"unknown segmenter arch {arch!r}; close matches: {close}. "
+                f"Valid: {', '.join(segmenter_names())}"
+            )
+        if not encoder:
+            raise AttnGuideError(f"arch {arch!r} needs an encoder, e.g. 'resnet34' or 'tu-resnet18'")
+        _check_smp_encoder(smp, encoder)
+        try:
+            model = smp.create_model(
+                arch, encoder_name=encoder, encoder_weights=None, classes=num_classes
+            )
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise AttnGuideError(f"smp cannot build {arch!r} with encoder {encoder!r}: {err}") from err
+        if weights is not None:
+            # tu- encoders wrap the timm model (features_only) in ``.model``, with timm's names
+            target = model.encoder.model if encoder.startswith("tu-") else model.encoder
+            state = _read_state_dict(weights)
+            report = _load_into(target, state, weights, f"encoder weight file {str(weights)!r}")
+            _warn_missing(report, weights)
+        return model
+
+
+def segmenter_spec(arch: str) -> SegmenterSpec:
+    """The :class:`SegmenterSpec` of ``arch`` (``deeplab-largefov``, ``deeplab_largefov``,
+    or an smp architecture, checked when the model is built)."""
+    key = arch.lower().replace("_", "-")
+    if key in SEGMENTERS:
+        return SEGMENTERS.get(key)(key)
+    return SmpSpec(arch)
+
+
+class Stride8Logits(nn.Module):
+    """``(B, 3, S, S)`` -> the stride-8 logits ``(B, N, ceil(S/8), ceil(S/8))`` of SEC's
+    losses (:meth:`SegmenterSpec.stride8_logits`), as a module that DDP can wrap. Holds no
+    weights of its own (checkpoints keep the wrapped model's)."""
+
+    def __init__(self, model: nn.Module, spec: SegmenterSpec) -> None:
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec.stride8_logits(self.model, x)
 
 
 def _warn_missing(report: LoadReport, path: str | os.PathLike) -> None:

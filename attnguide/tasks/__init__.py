@@ -7,9 +7,10 @@ options and calls these.
              data set split (GT masks) ──evaluate──┴──────── predict ◀────┘
 
 Modules (loaded on first use):
-    pseudo_label  CAMs of a trained classifier → pseudo-label PNGs, CRF, mIoU
-    segment       train a segmenter (smp or DeepLab-LargeFOV) on label PNGs
-    predict       a trained segmenter's masks and overlays for images or a split
+    training      train a guided classifier (the engine's Trainer with snapshot callbacks)
+    pseudo_labels CAMs of a trained classifier → pseudo-label PNGs, CRF, mIoU
+    segmentation  train a segmenter (smp or DeepLab-LargeFOV) on label PNGs
+    prediction    a trained segmenter's masks and overlays for images or a split
     evaluate      mIoU of a prediction folder against a split or a GT folder
     demo          the built-in end-to-end demo
 
@@ -25,19 +26,20 @@ from __future__ import annotations
 from attnguide._lazy import lazy_exports
 
 _EXPORTS = {
-    "PseudoLabelConfig": "pseudo_label",
-    "PseudoLabelResult": "pseudo_label",
-    "pseudo_label": "pseudo_label",
-    "SegmentConfig": "segment",
-    "SegmentResult": "segment",
-    "SegmentTrainer": "segment",
-    "segment": "segment",
-    "Segmenter": "predict",
-    "load_segmenter": "predict",
-    "predict": "predict",
-    "predict_logits": "predict",
+    "PseudoLabelConfig": "pseudo_labels",
+    "PseudoLabelResult": "pseudo_labels",
+    "pseudo_label": "pseudo_labels",
+    "SegmentConfig": "segmentation",
+    "SegmentResult": "segmentation",
+    "SegmentTrainer": "segmentation",
+    "segment": "segmentation",
+    "Segmenter": "prediction",
+    "load_segmenter": "prediction",
+    "predict": "prediction",
+    "predict_logits": "prediction",
     "evaluate_predictions": "evaluate",
     "run_demo": "demo",
+    "train": "training",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,13 +7,23 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from attnguide.data.segmentation import label_path, to_input  # noqa: F401 - re-exported
+from attnguide.engine.progress import make_console  # noqa: F401 - re-exported
 from attnguide.errors import AttnGuideError
+from attnguide.io.atomic import atomic_write
 
 # ---------------------------------------------------------------------- options
 
@@ -54,18 +64,8 @@ def check_class_lists(model_classes: Sequence[str], data_classes: Sequence[str],
 # ---------------------------------------------------------------------- files
 
 
-def label_path(folder: str | Path, name: str, suffix: str = ".png") -> Path:
-    """``folder/<name><suffix>`` for a sample name (which may hold ``/``), kept inside ``folder``."""
-    parts = PurePosixPath(name).parts
-    if not parts or any(p in ("..", "") for p in parts) or PurePosixPath(name).is_absolute():
-        raise AttnGuideError(f"sample name {name!r} cannot be used as a file name inside {folder}")
-    return Path(folder).joinpath(*parts[:-1], parts[-1] + suffix)
-
-
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically; NaN becomes null."""
-    from attnguide.io.atomic import atomic_write
-
     atomic_write(path, (json.dumps(_clean(data), indent=2) + "\n").encode())
 
 
@@ -81,25 +81,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------- tensors
-
-
-def to_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
-             device: torch.device | str = "cpu") -> torch.Tensor:
-    """``uint8 (H, W, 3)`` RGB -> normalised ``float32 (3, H, W)`` on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float().div_(255)
-    m = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
-    return (x - m) / s
-
-
 # ---------------------------------------------------------------------- console
-
-
-def make_console():
-    from attnguide.engine.progress import make_console as engine_console
-
-    return engine_console()
 
 
 @contextmanager
@@ -109,15 +91,6 @@ def progress_bar(total: int, description: str, console=None, quiet: bool = False
 
     Yields ``advance(n=1, **fields)``; ``fields`` may set ``ips`` (images/s).
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     console = console or make_console()
     if quiet or not console.is_terminal:
         yield lambda n=1, **fields: None

@@ -23,6 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+
+from attnguide.data import make_scenes, open_dataset
+from attnguide.engine.config import TrainConfig
+from attnguide.engine.trainer import evaluate
+from attnguide.errors import AttnGuideError
+from attnguide.models.trained import load_model
+from attnguide.tasks.evaluate import evaluate_predictions
+from attnguide.tasks.prediction import predict
+from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
+from attnguide.tasks.segmentation import SegmentConfig, segment
+from attnguide.tasks.training import train
+from attnguide.viz import attention_grid, plot_curves
+from attnguide.viz.common import require_matplotlib
+
 # Settings sized for 2 CPU cores; --scale multiplies the data set and epochs.
 SCENES = {"n_train": 320, "n_val": 64, "n_test": 128, "image_size": 64, "seed": 0}
 CLASSIFIER = {"model": "resnet18", "image_size": 64, "layer": "auto", "epochs": 6,
@@ -49,16 +65,13 @@ def _done(path: Path) -> bool:
 
 
 def _train(name: str, data: Path, out: Path, scale: float, quiet: bool) -> Path:
-    from attnguide.engine import TrainConfig, train
-    from attnguide.engine.config import TrainConfig as _TC
-
     run = out / "runs" / name
     if _done(run / "last.pt") and json.loads(
             (run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] >= _epochs(scale):
         return run
     options = {**CLASSIFIER, **RUNS[name], "epochs": _epochs(scale), "data": str(data),
                "out": str(run), "quiet": quiet, "overwrite": True}
-    known = {f for f in _TC.__dataclass_fields__}
+    known = set(TrainConfig.__dataclass_fields__)
     train(TrainConfig(**{k: v for k, v in options.items() if k in known}))
     return run
 
@@ -68,12 +81,6 @@ def _epochs(scale: float) -> int:
 
 
 def _test_metrics(run: Path, data: Path) -> dict[str, Any]:
-    import torch
-
-    from attnguide.data import open_dataset
-    from attnguide.engine import evaluate
-    from attnguide.models.classifiers import load_model
-
     trained = load_model(run / "last.pt")
     ds = open_dataset(data, split="test", image_size=trained.image_size, train=False)
     metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=torch.device("cpu"))
@@ -81,18 +88,12 @@ def _test_metrics(run: Path, data: Path) -> dict[str, Any]:
 
 
 def _pseudo(run: Path, data: Path, out: Path, crf: bool, quiet: bool):
-    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
-
     cfg = PseudoLabelConfig(run=str(run / "last.pt"), data=str(data), split="train", out=str(out),
                             scales=(1.0, 1.5), crf=crf, resume=True, device="cpu", quiet=quiet)
     return pseudo_label(cfg)
 
 
 def _segment(data: Path, labels: str, out: Path, scale: float, quiet: bool) -> float:
-    from attnguide.tasks.evaluate import evaluate_predictions
-    from attnguide.tasks.predict import predict
-    from attnguide.tasks.segment import SegmentConfig, segment
-
     if not _done(out / "last.pt"):
         epochs = max(2, round(SEGMENTER["epochs"] * scale))
         segment(SegmentConfig(data=str(data), labels=labels, out=str(out), val_split="",
@@ -105,19 +106,19 @@ def _segment(data: Path, labels: str, out: Path, scale: float, quiet: bool) -> f
 def _pictures(out: Path, data: Path, runs: dict[str, Path]) -> list[tuple[str, str]]:
     """(caption, relative path) of the report's pictures; none without matplotlib."""
     try:
-        from attnguide import viz
-    except ImportError:
+        require_matplotlib()
+    except AttnGuideError:
         return []
     pictures = []
     try:
         grid = out / "attention.png"
-        viz.attention_grid([runs["baseline"] / "last.pt", runs["gain_ext"] / "last.pt"], data,
+        attention_grid([runs["baseline"] / "last.pt", runs["gain_ext"] / "last.pt"], data,
                            split="test", indices=list(range(6)), out_png=grid)
         pictures.append(("Attention per class on unbiased test images: unguided (left) and "
                          "GAIN_ext (right), with the erased image the attention-mining loss sees.",
                          grid.name))
         curves = out / "curves.png"
-        viz.plot_curves([runs["baseline"], runs["gain_ext"]], curves)
+        plot_curves([runs["baseline"], runs["gain_ext"]], curves)
         pictures.append(("Losses and validation metrics per epoch.", curves.name))
     except Exception as e:  # pictures must never cost the numbers
         pictures.append((f"(pictures skipped: {type(e).__name__}: {e})", ""))
@@ -127,11 +128,6 @@ def _pictures(out: Path, data: Path, runs: dict[str, Path]) -> list[tuple[str, s
 def run_demo(out: str | Path = "demo", *, scale: float = 1.0, crf: bool = True, fresh: bool = False,
              quiet: bool = False, console=None) -> DemoResult:
     """Run the demo into ``out`` and write ``out/report.md``; see the module doc."""
-    from rich.console import Console
-
-    from attnguide.data import make_scenes
-    from attnguide.wsss.evaluate import SegMetrics  # noqa: F401  (fails early if the seg tools are broken)
-
     console = console or Console(stderr=True)
     out = Path(out)
     if fresh and out.exists():
@@ -204,24 +200,3 @@ def _report(rows: dict[str, dict[str, Any]], pictures, seconds: float, crf: bool
     for caption, path in pictures:
         lines += [caption, "", f"![]({path})" if path else "", ""]
     return "\n".join(lines)
-
-
-def register(app) -> None:
-    """Add ``attnguide demo`` to the typer app."""
-    import typer
-
-    @app.command("demo")
-    def demo(
-        out: Path = typer.Argument(Path("demo"), help="folder for the data, runs and report"),
-        scale: float = typer.Option(1.0, help="multiply the data set size and the epochs"),
-        crf: bool = typer.Option(True, help="also refine pseudo labels with dense CRF"),
-        fresh: bool = typer.Option(False, "--fresh", help="delete OUT first instead of continuing"),
-        quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-    ) -> None:
-        """Run the method end to end on the built-in biased scenes and write OUT/report.md."""
-        from rich.console import Console
-
-        console = Console()
-        result = run_demo(out, scale=scale, crf=crf, fresh=fresh, quiet=quiet)
-        console.print(result.report.read_text().split("\n\n", 3)[2], soft_wrap=True)
-        console.print(f"report: [bold]{result.report}[/bold] ({result.seconds / 60:.1f} min)")

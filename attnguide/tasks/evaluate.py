@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from attnguide.constants import BACKGROUND
+from attnguide.data import open_dataset
+from attnguide.data.segmentation import label_path
 from attnguide.errors import AttnGuideError
-from attnguide.tasks.common import label_path
+from attnguide.io.labels import load_label_png
+from attnguide.wsss.evaluate import ConfusionMatrix, SegMetrics
 
 _SHOW = 10
 
@@ -58,16 +61,12 @@ def ground_truth_pairs(data: str | None = None, split: str = "val", gt: str | No
             if data is None:
                 raise AttnGuideError("with --gt, name the classes: --data PATH (its classes.txt) or "
                                      "--classes FILE_OR_LIST")
-            from attnguide.data import open_dataset
-
             names = list(open_dataset(data, split, train=False).class_names)
         if names and names[0].lower() == BACKGROUND:
             names = names[1:]
         return pairs, [BACKGROUND, *names]
     if data is None:
         raise AttnGuideError("pass the ground truth: --data PATH --split NAME, or --gt DIR")
-    from attnguide.data import open_dataset
-
     ds = open_dataset(data, split, train=False)
     pairs = [(s.name, s.mask_path) for s in ds.samples if s.mask_path is not None]
     if not pairs:
@@ -79,7 +78,7 @@ def ground_truth_pairs(data: str | None = None, split: str = "val", gt: str | No
 
 
 def evaluate_predictions(pred: str | os.PathLike, data: str | None = None, split: str = "val",
-                         gt: str | None = None, classes=None):
+                         gt: str | None = None, classes=None) -> SegMetrics:
     """:class:`~attnguide.wsss.evaluate.SegMetrics` of the label maps in ``pred``.
 
     Raises:
@@ -87,10 +86,6 @@ def evaluate_predictions(pred: str | os.PathLike, data: str | None = None, split
         AttnGuideError: predictions missing (named), a PNG that is not a label
             map (named), a size mismatch, or label values beyond the classes.
     """
-    from attnguide.data.io import read_label_map
-    from attnguide.io.labels import load_label_png
-    from attnguide.wsss.evaluate import ConfusionMatrix
-
     pred_dir = Path(pred)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"prediction folder {str(pred_dir)!r} does not exist")
@@ -106,7 +101,7 @@ def evaluate_predictions(pred: str | os.PathLike, data: str | None = None, split
     confusion = ConfusionMatrix(names)
     for _, path, gt_path in files:
         label = load_label_png(path)  # names the file when it is not a label map
-        truth = read_label_map(gt_path)
+        truth = load_label_png(gt_path)
         if label.shape != truth.shape:
             raise AttnGuideError(
                 f"prediction {str(path)!r} is {label.shape[1]}x{label.shape[0]} but its ground truth "

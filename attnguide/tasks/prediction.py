@@ -17,27 +17,32 @@ score a split's predictions.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attnguide.constants import IMAGENET_MEAN, IMAGENET_STD
+from attnguide.constants import BACKGROUND, IMAGENET_MEAN, IMAGENET_STD
+from attnguide.data import open_dataset
+from attnguide.data.io import read_rgb
+from attnguide.data.segmentation import label_path, to_input
+from attnguide.engine.distributed import resolve_device
 from attnguide.errors import AttnGuideError
-from attnguide.tasks.common import (
-    label_path,
-    make_console,
-    progress_bar,
-    to_input,
+from attnguide.io.checkpoints import SEGMENTER, read_checkpoint, resolve_checkpoint
+from attnguide.io.labels import save_label_png, save_overlay
+from attnguide.models.segmenters import (  # noqa: F401 - input_multiple, predict_logits re-exported
+    create_segmenter,
+    input_multiple,
+    predict_logits,
+    segmenter_spec,
 )
-from attnguide.wsss.crf import parse_crf_params, require_crf
+from attnguide.tasks.common import check_class_lists, make_console, progress_bar
+from attnguide.wsss.crf import CRFPool, parse_crf_params, require_crf
+from attnguide.wsss.crf_jobs import refine_scores
 
-SEGMENTER_KIND = "segmenter"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -63,46 +68,22 @@ class Segmenter:
 
     @property
     def pad_multiple(self) -> int:
-        return input_multiple(self.model)
+        return segmenter_spec(self.arch).input_multiple(self.model)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``uint8 (H, W, 3)`` -> label map ``uint8 (H, W)`` and probabilities ``(N, H, W)``."""
         device = next(self.model.parameters()).device
         x = to_input(image, self.mean, self.std, device)[None]
-        probs = predict_logits(self.model, x, self.pad_multiple)[0].float().softmax(0).cpu().numpy()
+        logits = segmenter_spec(self.arch).logits(self.model, x)  # (1, N, H, W)
+        probs = logits[0].float().softmax(0).cpu().numpy()
         return probs.argmax(0).astype(np.uint8), probs
-
-
-def input_multiple(model: nn.Module) -> int:
-    """The multiple H and W must have: the smp encoder's output stride, else 1."""
-    if getattr(model, "requires_divisible_input_shape", False) and hasattr(model, "encoder"):
-        return int(getattr(model.encoder, "output_stride", 32))
-    return 1
-
-
-def predict_logits(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
-    """Logits ``(B, N, H, W)`` of normalised images ``(B, 3, H, W)``, padding H and W
-    with zeros (the mean colour) up to ``multiple`` and cropping the result."""
-    height, width = x.shape[-2:]
-    ph = math.ceil(height / multiple) * multiple - height
-    pw = math.ceil(width / multiple) * multiple - width
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    out = model(x)
-    if isinstance(out, (tuple, list)):  # smp with an auxiliary classification head
-        out = out[0]
-    return out[..., :height, :width]
 
 
 def load_segmenter(run: str | Path, device: str | torch.device = "cpu", prefer: str = "best") -> Segmenter:
     """Load a run folder (``best.pt``, else ``last.pt``) or checkpoint of ``attnguide segment``."""
-    from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
-    from attnguide.models.segmenters import create_segmenter
-
     path = resolve_checkpoint(run, prefer)
-    ckpt = read_checkpoint(path)
-    check_segmenter_checkpoint(ckpt, path)
+    ckpt = read_checkpoint(path, SEGMENTER)
     model = create_segmenter(ckpt["arch"], ckpt.get("encoder"), len(ckpt["class_names"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
@@ -111,24 +92,6 @@ def load_segmenter(run: str | Path, device: str | torch.device = "cpu", prefer: 
                      encoder=ckpt.get("encoder"), mean=tuple(norm.get("mean", IMAGENET_MEAN)),
                      std=tuple(norm.get("std", IMAGENET_STD)), checkpoint=str(path),
                      config=dict(ckpt.get("config") or {}))
-
-
-def check_segmenter_checkpoint(ckpt: dict, path: str | Path) -> None:
-    if ckpt.get("kind") != SEGMENTER_KIND:
-        raise AttnGuideError(
-            f"{str(path)!r} is a classifier checkpoint of 'attnguide train', not a segmenter; "
-            "pass a run folder written by 'attnguide segment'")
-
-
-def check_classifier_checkpoint(path: str | Path) -> None:
-    """Raise when ``path`` (run folder or file) holds a segmenter instead of a classifier."""
-    from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
-
-    file = resolve_checkpoint(path)
-    if read_checkpoint(file).get("kind") == SEGMENTER_KIND:
-        raise AttnGuideError(
-            f"{str(file)!r} is a segmenter of 'attnguide segment'; pseudo labels come from a "
-            "classifier run of 'attnguide train'")
 
 
 def list_images(images: str | Path | list[str | Path]) -> list[tuple[str, Path]]:
@@ -176,12 +139,6 @@ def predict(run: str | Path, out: str | Path, images=None, *, data: str | None =
     Returns:
         The label-map files written.
     """
-    from attnguide.data.io import read_rgb
-    from attnguide.engine.distributed import resolve_device
-    from attnguide.io.labels import save_label_png, save_overlay
-    from attnguide.wsss.crf import CRFPool
-    from attnguide.wsss.crf_jobs import refine_scores
-
     if (images is None) == (data is None):
         raise AttnGuideError("pass either --images DIR_OR_FILES or --data PATH (with --split)")
     params = parse_crf_params(crf_params) if crf else None
@@ -190,12 +147,7 @@ def predict(run: str | Path, out: str | Path, images=None, *, data: str | None =
     console = console or make_console()
     seg = load_segmenter(run, resolve_device(device))
     if data is not None:
-        from attnguide.data import open_dataset
-
         ds = open_dataset(data, split, train=False)
-        from attnguide.constants import BACKGROUND
-        from attnguide.tasks.common import check_class_lists
-
         check_class_lists(seg.class_names[1:], ds.class_names, f"segmenter {seg.checkpoint}",
                           f"data set {ds.root}")
         if seg.class_names[0] != BACKGROUND:  # pragma: no cover - written by segment

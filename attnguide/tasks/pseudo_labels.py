@@ -34,10 +34,7 @@ exist (its labels are read back, so the metrics still cover the whole split).
 
 from __future__ import annotations
 
-import io
-import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +43,13 @@ import numpy as np
 import torch
 
 from attnguide.constants import BACKGROUND
+from attnguide.data import open_dataset
+from attnguide.engine.distributed import resolve_device
+from attnguide.engine.options import Options
 from attnguide.errors import AttnGuideError
+from attnguide.io.atomic import atomic_write
+from attnguide.io.labels import load_label_png, save_label_png
+from attnguide.models.trained import load_model
 from attnguide.tasks.common import (
     check_class_lists,
     label_path,
@@ -57,14 +60,20 @@ from attnguide.tasks.common import (
     to_input,
     write_json,
 )
-from attnguide.wsss.crf import parse_crf_params, require_crf
+from attnguide.wsss.crf import CRFPool, parse_crf_params, require_crf
+from attnguide.wsss.crf_jobs import refine_scores
+from attnguide.wsss.evaluate import ConfusionMatrix
+from attnguide.wsss.pseudo import background_rule, cams_to_labels, multiscale_cams
 
 CLASS_SOURCES = ("auto", "gt", "predicted")
 
 
 @dataclass
-class PseudoLabelConfig:
+class PseudoLabelConfig(Options):
     """Options of ``attnguide pseudo-label`` (field comments are the CLI help)."""
+
+    COMMAND = "pseudo-label"  # (class attributes, not options: see engine.options.Options)
+    POSITIONAL = ("run",)
 
     run: str = ""  # classifier run folder (best.pt, else last.pt) or checkpoint file
     data: str = ""  # data set folder (the classifier's data set: same classes)
@@ -97,7 +106,6 @@ class PseudoLabelConfig:
             raise AttnGuideError(f"--class-threshold must lie in [0, 1], got {self.class_threshold}")
         if self.workers < 0:
             raise AttnGuideError(f"--workers must be >= 0, got {self.workers}")
-        from attnguide.wsss.pseudo import background_rule
 
         background_rule(self.bg)
         if self.crf:
@@ -150,16 +158,8 @@ class PseudoLabelResult:
 
 
 def _save_npz(path: Path, cams: np.ndarray, classes: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, cams=cams.astype(np.float16), classes=classes.astype(np.int64))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, cams=cams.astype(np.float16),
+                                                     classes=classes.astype(np.int64)), durable=False)
 
 
 class _Labeller:
@@ -198,8 +198,6 @@ class _Labeller:
 
     def __call__(self, image: np.ndarray, labels: tuple[int, ...]):
         """-> classes (K,), fused CAMs (K, H, W) in [0, 1], scores (K + 1, H, W), label (H, W)."""
-        from attnguide.wsss.pseudo import background_rule, cams_to_labels, multiscale_cams
-
         x = to_input(image, self.mean, self.std, self.device)  # (3, H, W)
         classes = self.classes_of(labels, x)
         cams = multiscale_cams(self.cam_fn, x, classes.to(self.device), self.cfg.scales,
@@ -218,20 +216,10 @@ def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
         ...                                      out="pseudo", crf=True, workers=2))
         >>> res.metrics.miou, res.crf_metrics.miou, res.images_per_s
     """
-    from attnguide.data import open_dataset
-    from attnguide.engine.distributed import resolve_device
-    from attnguide.io.labels import load_label_png, save_label_png
-    from attnguide.models.classifiers import load_model
-    from attnguide.tasks.predict import check_classifier_checkpoint
-    from attnguide.wsss.crf import CRFPool
-    from attnguide.wsss.crf_jobs import refine_scores
-    from attnguide.wsss.evaluate import ConfusionMatrix
-
     cfg.validate()
     console = console or make_console()
     device = resolve_device(cfg.device)
-    check_classifier_checkpoint(cfg.run)
-    trained = load_model(cfg.run, device=device)
+    trained = load_model(cfg.run, device=device)  # refuses a segmenter run, naming it
     ds = open_dataset(cfg.data, cfg.split, image_size=trained.image_size, train=False)
     check_class_lists(trained.class_names, ds.class_names, f"classifier {trained.checkpoint}",
                       f"data set {ds.root} (classes.txt)")

@@ -16,9 +16,10 @@ import torch
 import yaml
 
 from attnguide.data import make_scenes
-from attnguide.engine import TrainConfig, Trainer, train
+from attnguide.engine import TrainConfig, Trainer
 from attnguide.errors import AttnGuideError
-from attnguide.models.classifiers import load_model
+from attnguide.models.trained import load_model
+from attnguide.tasks.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -35,7 +35,8 @@ def scenes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classifier(scenes, tmp_path_factory) -> Path:
     """A run folder of `attnguide train` (1 epoch, plain classifier)."""
-    from attnguide.engine import TrainConfig, train
+    from attnguide.engine import TrainConfig
+    from attnguide.tasks.training import train
 
     out = tmp_path_factory.mktemp("pipeline") / "classifier"
     with warnings.catch_warnings():
@@ -48,7 +49,7 @@ def classifier(scenes, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pseudo(classifier, scenes, tmp_path_factory) -> Path:
     """Pseudo labels of the train split, with CRF (OUT/crf/)."""
-    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
+    from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
 
     out = tmp_path_factory.mktemp("pipeline") / "pseudo"
     pseudo_label(PseudoLabelConfig(run=str(classifier), data=str(scenes), out=str(out), crf=True,

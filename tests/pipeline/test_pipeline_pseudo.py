@@ -18,7 +18,7 @@ from attnguide.data import open_dataset
 from attnguide.io.labels import load_label_png
 from attnguide.tasks.common import label_path, parse_scales
 from attnguide.tasks.evaluate import evaluate_predictions
-from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
+from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
 from attnguide.wsss.crf import parse_crf_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention map")

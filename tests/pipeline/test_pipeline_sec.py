@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from attnguide import AttnGuideError
 from attnguide.data import IMAGENET_MEAN, IMAGENET_STD, open_dataset
 from attnguide.tasks.common import label_path, to_input
-from attnguide.tasks.segment import (
+from attnguide.tasks.segmentation import (
     CueSet,
     SegmentationSet,
     SegmentConfig,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention 
 @pytest.fixture(scope="module")
 def cams(classifier, scenes, tmp_path_factory):
     """A pseudo-label folder with OUT/cams/<name>.npz (one scale, no CRF: fast)."""
-    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
+    from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
 
     out = tmp_path_factory.mktemp("sec") / "pseudo"
     pseudo_label(PseudoLabelConfig(run=str(classifier), data=str(scenes), out=str(out), scales=(1.0,),
@@ -78,7 +78,7 @@ def test_cues_are_seed_cues_and_flip_with_the_image(scenes, cams):
 
 def test_cues_follow_random_scale_and_crop_like_the_masks(scenes, tmp_path):
     """CAMs equal to the true masks give cues equal to the masks, through the same geometry."""
-    from attnguide.tasks.pseudo_label import _save_npz
+    from attnguide.tasks.pseudo_labels import _save_npz
 
     ds = open_dataset(scenes, "train", train=False)
     for i in range(4):

@@ -19,8 +19,8 @@ from attnguide.data import open_dataset
 from attnguide.io.labels import load_label_png
 from attnguide.tasks.common import label_path
 from attnguide.tasks.evaluate import evaluate_predictions
-from attnguide.tasks.predict import load_segmenter, predict
-from attnguide.tasks.segment import SegmentConfig, SegmentTrainer, config_from_options, segment
+from attnguide.tasks.prediction import load_segmenter, predict
+from attnguide.tasks.segmentation import SegmentConfig, SegmentTrainer, config_from_options, segment
 
 pytestmark = pytest.mark.filterwarnings("ignore:layer '.*' gives a .* attention map")
 
@@ -143,7 +143,7 @@ def test_segmenter_checkpoint_is_not_a_classifier_run(tmp_path):
 
     from attnguide.errors import AttnGuideError
     from attnguide.io.checkpoints import save_checkpoint
-    from attnguide.models.classifiers import load_model
+    from attnguide.models.trained import load_model
 
     save_checkpoint({"kind": "segmenter", "model": {}}, tmp_path / "last.pt")
     with pytest.raises(AttnGuideError, match="segmenter checkpoint, not a classifier run"):

@@ -4,9 +4,11 @@ Commands:
     attnguide train --data PATH --model NAME --guidance {none,self,ext,rrr,bg,swap,ext+rrr,...} ...
     attnguide data scenes OUT [--n-train N ...]
 
-The options of ``train`` are generated from :class:`attnguide.engine.TrainConfig`
-(one option per field, help from the field's comment), so the CLI, the config
-file and the library never drift apart.
+The options of ``train`` (and of ``pseudo-label`` and ``segment``) are generated
+from their options dataclass (:class:`attnguide.engine.TrainConfig`; one option per
+field, help from the field's comment, ``--config FILE`` for all of them, see
+:mod:`attnguide.engine.options`), so the CLI, the config file and the library never
+drift apart.
 
 Adding a command is one small function on ``app`` (or on a sub-app such as
 ``data_app``) that calls the library::
@@ -25,7 +27,6 @@ traceback instead.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import sys
 from pathlib import Path
@@ -33,7 +34,14 @@ from typing import Any
 
 import typer
 
+from attnguide.cli import demo, seg, viz
+from attnguide.cli.common import console, setup_logging, with_config
+from attnguide.data import make_scenes
+from attnguide.engine.config import TrainConfig, config_from_options
+from attnguide.engine.options import typer_parameters
+from attnguide.engine.progress import Reporter
 from attnguide.errors import AttnGuideError
+from attnguide.tasks.training import train as run_training
 
 try:  # typer < 0.20 runs on click; newer typer vendors its own copy
     import click
@@ -61,76 +69,7 @@ EXIT_BAD_INPUT = 2
 EXPECTED_ERRORS = (AttnGuideError, OSError, FloatingPointError)
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def setup_logging(quiet: bool = False) -> None:
-    """Send the ``attnguide`` logger (weights reports, ...) to stderr through rich."""
-    from rich.logging import RichHandler
-
-    logger = logging.getLogger("attnguide")
-    for handler in [h for h in logger.handlers if getattr(h, "_attnguide_cli", False)]:
-        logger.removeHandler(handler)
-    handler = RichHandler(console=_console(), show_time=False, show_path=False, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._attnguide_cli = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
 # ---------------------------------------------------------------------- train
-
-
-def _train_parameters() -> list[inspect.Parameter]:
-    """One typer option per TrainConfig field (default None = "not given")."""
-    from rich.markup import escape
-
-    from attnguide.engine.config import AUTO_IS_NONE, FIELDS, _base_type, field_help
-
-    helps = field_help()
-    panels = _panels()
-    params = []
-    for name, f in FIELDS.items():
-        tp, _ = _base_type(name)
-        if tp is dict:  # config file only
-            continue
-        flag = "--" + name.replace("_", "-")
-        default = f.default
-        if name in AUTO_IS_NONE:  # a number or the word auto, read by coerce()
-            tp, default = str, "auto"
-        shown = "" if default in ("", None) else f" [default: {default}]"
-        if tp is bool:
-            decls = [f"{flag}/--no-{flag[2:]}"]
-            shown = f" [default: {'on' if default else 'off'}]"
-        else:
-            decls = [flag]
-        option = typer.Option(None, *decls, help=escape(helps.get(name, "") + shown), show_default=False,
-                              rich_help_panel=panels.get(name, "Other"))
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                        annotation=tp | None, default=option))
-    params.append(inspect.Parameter(
-        "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-        default=typer.Option(None, "--config", "-c", rich_help_panel="Run",
-                             help="YAML or TOML file of options (the command line wins)")))
-    return params
-
-
-def _panels() -> dict[str, str]:
-    """Field -> the section comment (``# --- data``) above it in TrainConfig."""
-    from attnguide.engine.config import FIELDS, TrainConfig
-
-    panels, current = {}, "Other"
-    for line in inspect.getsource(TrainConfig).splitlines():
-        text = line.strip()
-        if text.startswith("# ---"):
-            current = text[5:].strip()
-            current = current[:1].upper() + current[1:]
-        elif ":" in text and text.split(":", 1)[0].strip() in FIELDS:
-            panels[text.split(":", 1)[0].strip()] = current
-    return panels
 
 
 def train(**options: Any) -> None:
@@ -146,20 +85,16 @@ def train(**options: Any) -> None:
 
       torchrun --nproc_per_node 2 -m attnguide train --data data/scenes --batch-size 64 ...
     """
-    from attnguide.engine import config_from_options
-    from attnguide.engine import train as run_training
-    from attnguide.engine.progress import Reporter
-
     config_file = options.pop("config", None)
     cfg = config_from_options(options, config_file)
     setup_logging(cfg.quiet)
-    result = run_training(cfg, Reporter(_console(), quiet=cfg.quiet))
+    result = run_training(cfg, Reporter(console(), quiet=cfg.quiet))
     if not cfg.quiet and int(os.environ.get("RANK", "0")) == 0:
         best = "" if result.best_value is None else f" ({result.best_metric} {result.best_value:.4f})"
-        _console().print(f"run saved in {result.run_dir}: last.pt, best.pt{best}, metrics.jsonl", soft_wrap=True)
+        console().print(f"run saved in {result.run_dir}: last.pt, best.pt{best}, metrics.jsonl", soft_wrap=True)
 
 
-train.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]
+train.__signature__ = inspect.Signature(typer_parameters(TrainConfig))  # type: ignore[attr-defined]
 app.command(name="train")(train)
 
 
@@ -167,6 +102,7 @@ app.command(name="train")(train)
 
 
 @data_app.command("scenes")
+@with_config("scenes")
 def data_scenes(
     out: Path = typer.Argument(..., help="folder to write"),
     n_train: int = typer.Option(2000, help="training images (train_unbiased.csv has as many)"),
@@ -183,30 +119,19 @@ def data_scenes(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a scenes folder made with other settings"),
 ) -> None:
     """Write the built-in biased scenes data set (a folder data set with exact masks)."""
-    from attnguide.data import make_scenes
-
     path = make_scenes(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size,
                        num_classes=num_classes, min_objects=min_objects, max_objects=max_objects,
                        bias=bias, bias_strength=bias_strength, colours=colours, seed=seed,
                        overwrite=overwrite)
-    _console().print(f"scenes data set written to {path} "
+    console().print(f"scenes data set written to {path} "
                      f"({n_train} train, {n_val} val, {n_test} test images, {image_size} px)", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- other modules' commands
 
 
-def _register_module_commands() -> None:
-    """Commands kept in their own modules add themselves to ``app`` with ``register(app)``."""
-    import importlib
-    import importlib.util
-
-    for name in ("attnguide.cli.seg", "attnguide.tasks.demo", "attnguide.cli.viz"):  # pseudo-label, segment, evaluate, predict; demo; visualize, plot
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(app)
-
-
-_register_module_commands()
+for module in (seg, demo, viz):  # pseudo-label, segment, evaluate, predict; demo; visualize, plot
+    module.register(app)
 
 
 # ---------------------------------------------------------------------- entry point
@@ -216,7 +141,7 @@ def _fail(message: str) -> int:
     from rich.markup import escape
 
     message = " ".join(str(message).split())  # one line
-    _console().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    console().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     return EXIT_BAD_INPUT
 
 

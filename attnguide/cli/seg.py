@@ -10,102 +10,38 @@
     attnguide predict RUN --images DIR_OR_FILES --out DIR [--overlay]
 
 The options of ``pseudo-label`` and ``segment`` are generated from
-:class:`~attnguide.tasks.pseudo_label.PseudoLabelConfig` and
-:class:`~attnguide.tasks.segment.SegmentConfig` (one option per field, help
-from the field's comment). Bad input raises AttnGuideError; ``attnguide.cli.main.main``
+:class:`~attnguide.tasks.pseudo_labels.PseudoLabelConfig` and
+:class:`~attnguide.engine.segment_config.SegmentConfig` by
+:func:`attnguide.engine.options.typer_parameters` (one option per field, help from the
+field's comment, ``--config FILE`` with the precedence of ``train``). Bad input raises AttnGuideError; ``attnguide.cli.main.main``
 prints it as one red line and exits with code 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import types
-import typing
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from attnguide.cli.common import console, setup_logging, stdout, with_config
+from attnguide.engine.options import from_command_line, typer_parameters
+from attnguide.engine.progress import Reporter
+from attnguide.engine.segment_config import SegmentConfig, config_from_options
+from attnguide.io.atomic import atomic_write
+from attnguide.tasks.common import metrics_table, write_json
+from attnguide.tasks.evaluate import evaluate_predictions
+from attnguide.tasks.prediction import predict
+from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
+from attnguide.tasks.segmentation import segment
+
 COMMANDS = ("pseudo-label", "segment", "evaluate", "predict")
-
-
-# ---------------------------------------------------------------------- options from dataclasses
-
-
-def _field_help(cls: type) -> tuple[dict[str, str], dict[str, str]]:
-    """(field -> comment after its default, field -> section ``# --- name`` above it)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    helps, panels, current = {}, {}, "Options"
-    for line in inspect.getsource(cls).splitlines():
-        text = line.strip()
-        if text.startswith("# ---"):
-            current = text[5:].strip().capitalize()
-            continue
-        name = text.split(":", 1)[0].strip()
-        if ":" in text and name in names and not text.startswith("#"):
-            panels[name] = current
-            if "#" in text:
-                helps[name] = text.split("#", 1)[1].strip()
-    return helps, panels
-
-
-def _option_type(tp: Any) -> type:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is tuple:
-        return str  # "1.0,0.5,1.5,2.0"
-    return tp
-
-
-def _parameters(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
-    """One keyword-only typer option per field of ``cls`` (default None = not given)."""
-    from rich.markup import escape
-
-    hints = typing.get_type_hints(cls)
-    helps, panels = _field_help(cls)
-    params = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp = _option_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if isinstance(default, tuple):
-            default = ",".join(str(v) for v in default)
-        if tp is bool:
-            decls = [f"{flag}/--no-{flag[2:]}"]
-            shown = f" [default: {'on' if default else 'off'}]"
-        else:
-            decls = [flag]
-            shown = "" if default in ("", None) else f" [default: {default}]"
-        option = typer.Option(None, *decls, help=escape(helps.get(f.name, "") + shown), show_default=False,
-                              rich_help_panel=panels.get(f.name, "Options"))
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                        annotation=tp | None, default=option))
-    return params
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
-
-
-def _console():
-    from attnguide.engine.progress import make_console
-
-    return make_console()
-
-
-def _stdout():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _setup_logging(quiet: bool) -> None:
-    from attnguide.cli.main import setup_logging
-
-    setup_logging(quiet)
 
 
 # ---------------------------------------------------------------------- pseudo-label
@@ -124,13 +60,12 @@ def pseudo_label_command(**options: Any) -> None:
 
       attnguide pseudo-label runs/ext --data data/scenes --out pseudo/ext --bg power:4 --resume
     """
-    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
-
-    cfg = PseudoLabelConfig(**_given(options))
+    config_file = options.pop("config", None)
+    cfg = from_command_line(PseudoLabelConfig, options, config_file)
     cfg.validate()
-    _setup_logging(cfg.quiet)
-    console = _console()
-    result = pseudo_label(cfg, console=console)
+    setup_logging(cfg.quiet)
+    out = console()
+    result = pseudo_label(cfg, console=out)
     if not cfg.quiet:
         parts = [f"{result.written} pseudo labels written to {result.out}"]
         if result.skipped:
@@ -141,16 +76,11 @@ def pseudo_label_command(**options: Any) -> None:
             parts.append(f"mIoU {100 * result.metrics.miou:.2f}")
             if result.crf_metrics is not None:
                 parts.append(f"with CRF {100 * result.crf_metrics.miou:.2f}")
-        console.print(", ".join(parts), soft_wrap=True)
+        out.print(", ".join(parts), soft_wrap=True)
 
 
 def _pseudo_label_signature() -> inspect.Signature:
-    from attnguide.tasks.pseudo_label import PseudoLabelConfig
-
-    run = inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
-                            default=typer.Argument(..., metavar="RUN", help="classifier run folder or checkpoint of "
-                                                   "'attnguide train'", show_default=False))
-    return inspect.Signature([run, *_parameters(PseudoLabelConfig, skip=("run",))])
+    return inspect.Signature(typer_parameters(PseudoLabelConfig))
 
 
 # ---------------------------------------------------------------------- segment
@@ -175,30 +105,25 @@ def segment_command(**options: Any) -> None:
 
       attnguide segment --resume runs/seg --epochs 20
     """
-    from attnguide.engine.progress import Reporter
-    from attnguide.tasks.segment import config_from_options, segment
-
-    cfg = config_from_options(options)
-    _setup_logging(cfg.quiet)
-    result = segment(cfg, Reporter(_console(), quiet=cfg.quiet))
+    config_file = options.pop("config", None)
+    cfg = config_from_options(options, config_file)
+    setup_logging(cfg.quiet)
+    result = segment(cfg, Reporter(console(), quiet=cfg.quiet))
     if not cfg.quiet:
-        import os
-
         if int(os.environ.get("RANK", "0")) == 0:
             best = "" if result.best_value is None else f" (val mIoU {100 * result.best_value:.2f})"
-            _console().print(f"run saved in {result.run_dir}: last.pt, best.pt{best}, metrics.jsonl",
+            console().print(f"run saved in {result.run_dir}: last.pt, best.pt{best}, metrics.jsonl",
                              soft_wrap=True)
 
 
 def _segment_signature() -> inspect.Signature:
-    from attnguide.tasks.segment import SegmentConfig
-
-    return inspect.Signature(_parameters(SegmentConfig))
+    return inspect.Signature(typer_parameters(SegmentConfig))
 
 
 # ---------------------------------------------------------------------- evaluate
 
 
+@with_config("evaluate")
 def evaluate_command(
     pred: Path = typer.Option(..., "--pred", help="folder of predicted label-map PNGs (<name>.png)"),
     data: str | None = typer.Option(None, "--data", help="data set folder: ground truth of --split (and class names)"),
@@ -217,14 +142,10 @@ def evaluate_command(
 
       attnguide evaluate --pred preds/val --data data/scenes --split val --json val.json
     """
-    from attnguide.io.atomic import atomic_write
-    from attnguide.tasks.common import metrics_table, write_json
-    from attnguide.tasks.evaluate import evaluate_predictions
-
     metrics = evaluate_predictions(pred, data=data, split=split, gt=None if gt is None else str(gt),
                                    classes=classes)
     where = f"split {split!r}" if gt is None else str(gt)
-    _stdout().print(metrics_table({"": metrics}, title=f"{pred} vs {where}"))
+    stdout().print(metrics_table({"": metrics}, title=f"{pred} vs {where}"))
     if json_file is not None:
         write_json(json_file, {**metrics.to_json(), "pred": str(pred),
                                "ground_truth": str(gt) if gt is not None else {"data": data, "split": split}})
@@ -235,6 +156,7 @@ def evaluate_command(
 # ---------------------------------------------------------------------- predict
 
 
+@with_config("predict")
 def predict_command(
     run: str = typer.Argument(..., metavar="RUN", help="segmenter run folder or checkpoint of 'attnguide segment'", show_default=False),
     out: Path = typer.Option(..., "--out", help="output folder: <name>.png, overlay/<name>.png, crf/<name>.png"),
@@ -256,14 +178,12 @@ def predict_command(
 
       attnguide predict runs/seg --data data/scenes --split val --out preds/val
     """
-    from attnguide.tasks.predict import predict
-
-    _setup_logging(quiet)
+    setup_logging(quiet)
     written = predict(run, out, images=images or None, data=data, split=split, overlay=overlay, crf=crf,
                       crf_params=crf_params, workers=workers, device=device, quiet=quiet,
-                      console=_console())
+                      console=console())
     if not quiet:
-        _console().print(f"{len(written)} label maps written to {out}", soft_wrap=True)
+        console().print(f"{len(written)} label maps written to {out}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- registration

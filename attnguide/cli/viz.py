@@ -16,15 +16,13 @@ from pathlib import Path
 
 import typer
 
+from attnguide.cli.common import console, with_config
+from attnguide.engine.distributed import resolve_device
 from attnguide.errors import AttnGuideError
+from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
+from attnguide.viz import attention_grid, plot_curves
 
 COMMANDS = ("visualize", "plot")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
 
 
 def _parse_indices(text: str) -> list[int]:
@@ -40,8 +38,6 @@ def _parse_indices(text: str) -> list[int]:
 
 def _default_data(run: str) -> str:
     """The data set the run was trained on (its config), if it still exists here."""
-    from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint
-
     config = read_checkpoint(resolve_checkpoint(run)).get("config") or {}
     data = str(config.get("data") or "")
     if not data or not Path(data).exists():
@@ -55,6 +51,7 @@ def _out_folder(run: str) -> Path:
     return path.parent if path.suffix in (".pt", ".pth") else path
 
 
+@with_config("visualize")
 def visualize_command(
     runs: list[str] = typer.Argument(..., metavar="RUN [RUN2]", show_default=False,
                                      help="run folder(s) or checkpoint(s) of 'attnguide train'; two runs "
@@ -77,8 +74,6 @@ def visualize_command(
 
       attnguide visualize runs/baseline runs/ext --split test --indices 0,3,7 --out before_after.png
     """
-    from attnguide.viz.pictures import attention_grid
-
     if images is not None and indices is not None:
         raise AttnGuideError("pass either --images N or --indices 0,3,7, not both")
     if images is not None and images < 1:
@@ -86,8 +81,6 @@ def visualize_command(
     chosen = _parse_indices(indices) if indices is not None else None
     run_names = [n.strip() for n in names.split(",")] if names else None
     if device == "auto":
-        from attnguide.engine.distributed import resolve_device
-
         device = str(resolve_device("auto"))
     if data is None:
         data = _default_data(runs[0])
@@ -95,9 +88,10 @@ def visualize_command(
         out = _out_folder(runs[0]) / f"attention_{split}.png"
     path = attention_grid(runs, data, chosen, out, split=split, images=images or 8,
                           max_classes=max_classes, names=run_names, cmap=cmap, device=device)
-    _console().print(f"attention grid written to {path}", soft_wrap=True)
+    console().print(f"attention grid written to {path}", soft_wrap=True)
 
 
+@with_config("plot")
 def plot_command(
     runs: list[str] = typer.Argument(..., metavar="RUN [RUN ...]", show_default=False,
                                      help="run folders with a metrics.jsonl"),
@@ -115,14 +109,12 @@ def plot_command(
 
       attnguide plot runs/baseline runs/ext --out curves.png
     """
-    from attnguide.viz.pictures import plot_curves
-
     run_names = [n.strip() for n in names.split(",")] if names else None
     chosen = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
     if out is None:
         out = _out_folder(runs[0]) / "curves.png"
     path = plot_curves(runs, out, names=run_names, keys=chosen)
-    _console().print(f"curves written to {path}", soft_wrap=True)
+    console().print(f"curves written to {path}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,10 +8,6 @@ the run folder; ``attnguide train --config RUN/config.yaml`` repeats a run.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +22,8 @@ from attnguide.core.guidance import (  # noqa: F401 - the guidance words belong 
     resolve_guidance,
     resolve_swap_source,
 )
+from attnguide.engine import options
+from attnguide.engine.options import Options
 from attnguide.errors import AttnGuideError
 
 AUTO_LABELLED_SHARE = 0.5
@@ -40,8 +38,11 @@ BEST_METRICS = ("auto", "val_accuracy", "val_map", "val_cam_miou", "val_attentio
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Options of one training run. Field comments are the CLI's help text."""
+
+    COMMAND = "train"  # (class attributes, not options: see engine.options.Options)
+    AUTO_IS_NONE = frozenset({"labelled_share"})
 
     # --- data
     data: str = ""  # data set folder: a folder data set (classes.txt + CSVs) or VOC 2012
@@ -112,9 +113,6 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
     tensorboard: bool = False  # TensorBoard logs in RUN/tensorboard
     quiet: bool = False  # no progress bar and no per-epoch lines
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> TrainConfig:
         """Check choices and ranges; return self."""
@@ -188,160 +186,34 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def field_help() -> dict[str, str]:
     """Field name -> the comment after its default in this file (the CLI help)."""
-    import inspect
-
-    out: dict[str, str] = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        line = line.strip()
-        if ":" in line and "#" in line and not line.startswith("#"):
-            name = line.split(":", 1)[0].strip()
-            if name in FIELDS:
-                out[name] = line.split("#", 1)[1].strip()
-    return out
-
-
-_HINTS: dict[str, Any] = {}
-AUTO_IS_NONE = {"labelled_share"}
-"""Optional fields whose None means "decided by the run" and that accept the word auto."""
-
-
-def _base_type(name: str) -> tuple[type, bool]:
-    """(the non-None type, whether None is allowed) of a field's annotation."""
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(TrainConfig))
-    tp = _HINTS[name]
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        return non_none[0], len(non_none) < len(args)
-    return (typing.get_origin(tp) or tp), False
+    return {name: f.help for name, f in options.option_fields(TrainConfig).items() if f.help}
 
 
 def coerce(name: str, value: Any, source: str) -> Any:
     """Convert a value from a config file or the command line to the field's type."""
-    tp, optional = _base_type(name)
-    if name in AUTO_IS_NONE and isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")
-                         and optional):
-        if optional:
-            return None
-        raise AttnGuideError(f"{source}: {name} cannot be empty")
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-                return value.strip().lower() in ("true", "yes", "on", "1")
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)  # YAML reads 1e-3 as a string: accept it
-        if tp is str:
-            if isinstance(value, (dict, list, bool)):
-                raise ValueError
-            return str(value)
-        if tp is dict:
-            if not isinstance(value, Mapping):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    want = getattr(tp, "__name__", str(tp))
-    alternative = " or auto" if name in AUTO_IS_NONE else " or null" if optional else ""
-    raise AttnGuideError(f"{source}: {name} must be {want}{alternative}, got {value!r}")
-
-
-def normalize_keys(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Accept ``batch-size`` and ``batch_size``; reject unknown keys with close matches."""
-    out = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in FIELDS:
-            close = difflib.get_close_matches(name, list(FIELDS), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise AttnGuideError(f"{source}: unknown option {key!r}{hint}")
-        out[name] = coerce(name, value, source)
-    return out
+    return options.coerce(TrainConfig, name, value, source)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Options from a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file.
-
-    A TOML file may hold the options at the top level or under ``[train]``;
-    a YAML file at the top level or under ``train:``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            raw = tomllib.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
-    except ImportError as e:
-        raise AttnGuideError(f"reading {path.name} needs {e.name}: pip install tomli") from None
-    except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError
-        first = str(e).strip().splitlines()
-        raise AttnGuideError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: "
-                             f"{' '.join(first)[:200]}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise AttnGuideError(f"config file {str(path)!r} must hold a mapping of option: value")
-    if set(raw) == {"train"} and isinstance(raw["train"], Mapping):
-        raw = raw["train"]
-    return normalize_keys(raw, f"config file {path.name}")
+    """Options from a YAML or TOML file, at the top level or under ``train``."""
+    return options.read_config_file(TrainConfig, path)
 
 
-def resolve_config(
-    overrides: Mapping[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    base: Mapping[str, Any] | None = None,
-) -> TrainConfig:
-    """Merge defaults < ``base`` (a resumed run's config) < ``config_file`` < ``overrides``.
+def resolve_config(overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
+                   base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Merge defaults < ``base`` (a resumed run's config) < ``config_file`` < ``overrides``."""
+    return options.resolve(TrainConfig, overrides, config_file, base)
 
-    ``overrides`` holds only the options given explicitly (None values are skipped).
-    """
-    merged: dict[str, Any] = {}
-    if base:
-        merged.update({k: v for k, v in base.items() if k in FIELDS})
-        merged["resume"] = None  # a resumed run's own resume option is not inherited
-    if config_file is not None:
-        merged.update(read_config_file(config_file))
-    if overrides:
-        merged.update(normalize_keys({k: v for k, v in overrides.items() if v is not None},
-                                     "command line"))
-    for key in list(merged):
-        merged[key] = coerce(key, merged[key], "config")
-    return TrainConfig(**merged)
+
+def config_from_options(overrides: Mapping[str, Any] | None = None,
+                        config_file: str | Path | None = None) -> TrainConfig:
+    """The config of a run from command-line options (only those given) and a ``--config``
+    file; with ``resume`` the resumed run's saved config is the base (see
+    :func:`attnguide.engine.options.from_command_line`)."""
+    # the kind is checked by the trainer, with the model and class list (engine.state)
+    return options.from_command_line(TrainConfig, overrides, config_file)
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (``attnguide train --config`` reads it back)."""
-    import yaml
-
-    from attnguide.io.atomic import atomic_write
-
-    header = ("# attnguide train: the resolved options of this run.\n"
-              "# Repeat it with: attnguide train --config config.yaml\n")
-    values = cfg.to_dict()
-    values["resume"] = None  # repeating the run must not resume the old one
-    body = yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
-    atomic_write(path, (header + body).encode())
+    options.save_config(cfg, path, repeat="attnguide train --config config.yaml")

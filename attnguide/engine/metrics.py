@@ -1,6 +1,8 @@
 """Evaluation metrics as small pure functions (tested against torchmetrics).
 
-Shapes: N images, C classes, H x W pixels.
+Shapes: N images, C classes, H x W pixels. The confusion matrix and the IoU are
+:mod:`attnguide.wsss.evaluate`'s (one implementation for training and evaluation),
+re-exported here for the training loop.
 """
 
 from __future__ import annotations
@@ -9,6 +11,18 @@ import torch
 from torch import Tensor
 
 from attnguide.constants import IGNORE
+from attnguide.wsss.evaluate import confusion_matrix, iou_from_confusion
+
+__all__ = [
+    "accuracy",
+    "attention_inside",
+    "average_precision",
+    "cam_segmentation",
+    "confusion_matrix",
+    "iou_from_confusion",
+    "mean_average_precision",
+    "mean_iou",
+]
 
 
 def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
@@ -51,23 +65,8 @@ def accuracy(logits: Tensor, targets: Tensor, multilabel: bool) -> float:
     return float((logits.argmax(dim=1) == targets).float().mean())
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """(K, K) int64 counts, rows = ground truth, columns = prediction, pixels
-    whose target is 255 ignored. pred and target: any equal shapes, values in [0, K)."""
-    valid = target != IGNORE
-    t, p = target[valid].long(), pred[valid].long()
-    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
-
-
-def iou_from_confusion(conf: Tensor) -> Tensor:
-    """(K,) IoU per class; NaN for classes absent from both ground truth and prediction."""
-    conf = conf.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
-
-
 def mean_iou(conf: Tensor) -> float:
+    """Mean of :func:`iou_from_confusion` over the classes whose IoU is defined (NaN if none)."""
     iou = iou_from_confusion(conf)
     iou = iou[~iou.isnan()]
     return float(iou.mean()) if len(iou) else float("nan")

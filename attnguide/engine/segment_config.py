@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from attnguide.engine import options
+from attnguide.engine.options import Options, from_command_line
 from attnguide.errors import AttnGuideError
-from attnguide.io.checkpoints import SEGMENTER, read_checkpoint, resolve_checkpoint
+from attnguide.io.checkpoints import SEGMENTER
 from attnguide.wsss.crf import parse_crf_params, require_crf
 
 SCHEDULES = ("poly", "step")
@@ -18,8 +20,10 @@ DEEPLAB = "deeplab-largefov"
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(Options):
     """Options of ``attnguide segment`` (field comments are the CLI help)."""
+
+    COMMAND = "segment"  # (class attributes, not options: see engine.options.Options)
 
     # --- data
     data: str = ""  # data set folder (images, classes, image-level labels and the val masks)
@@ -66,13 +70,11 @@ class SegmentConfig:
     # --- run
     out: str = "runs/segment"  # run folder: segment.yaml, metrics.jsonl, last.pt, best.pt
     resume: str | None = None  # run folder or checkpoint to continue from
+    overwrite: bool = False  # start afresh in an --out folder that already holds a run
     checkpoint_every: int = 200  # also write last.pt every N iterations (0 = after each epoch only)
     seed: int = 0  # seed of weights, data order and augmentation
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     quiet: bool = False  # no progress bar and no per-epoch lines
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @property
     def scales(self) -> tuple[float, float]:
@@ -145,22 +147,25 @@ class SegmentConfig:
                     "to train with the seed and expand losses only") from None
 
 
-def config_from_options(options: dict[str, Any]) -> SegmentConfig:
-    """A config from the options given (None = not given); with ``resume`` the
-    resumed run's saved config is the base and ``out`` defaults to its folder."""
-    given = {k: v for k, v in options.items() if v is not None}
-    names = {f.name for f in dataclasses.fields(SegmentConfig)}
-    unknown = sorted(set(given) - names)
-    if unknown:  # pragma: no cover - programming error
-        raise AttnGuideError(f"unknown segment options {unknown}")
-    base: dict[str, Any] = {}
-    if given.get("resume"):
-        path = resolve_checkpoint(given["resume"], prefer="last")
-        ckpt = read_checkpoint(path, SEGMENTER)
-        base = {k: v for k, v in (ckpt.get("config") or {}).items() if k in names}
-        base["out"] = str(path.parent)
+    @classmethod
+    def resumed_base(cls, base: dict[str, Any], given: set[str]) -> dict[str, Any]:
+        """A resumed run's saved options, less the length it no longer has: a new
+        ``--epochs`` replaces the saved ``iterations`` and the other way round."""
         if "epochs" in given:
             base.pop("iterations", None)
         if "iterations" in given:
             base.pop("epochs", None)
-    return SegmentConfig(**{**base, **given})
+        return base
+
+
+def config_from_options(overrides: dict[str, Any] | None = None,
+                        config_file: str | Path | None = None) -> SegmentConfig:
+    """A config from the options given (None = not given) and a ``--config`` file; with
+    ``resume`` the resumed run's saved config is the base and ``out`` defaults to its
+    folder (precedence as for ``train``: :func:`attnguide.engine.options.from_command_line`)."""
+    return from_command_line(SegmentConfig, overrides, config_file, kind=SEGMENTER)
+
+
+def save_config(cfg: SegmentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (``attnguide segment --config`` reads it back)."""
+    options.save_config(cfg, path, repeat="attnguide segment --config segment.yaml")

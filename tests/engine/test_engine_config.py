@@ -87,3 +87,39 @@ def test_resume_base_sits_between_defaults_and_file(tmp_path):
     assert cfg.batch_size == 4  # from the checkpoint's config
     assert cfg.out == str(run)  # continue in the checkpoint's folder
     assert cfg.resume == str(run)
+
+
+def test_one_options_system_for_every_dataclass_command(tmp_path):
+    """segment and pseudo-label read config files by the rules of train."""
+    from attnguide.engine.options import option_fields, resolve
+    from attnguide.engine.segment_config import SegmentConfig
+    from attnguide.tasks.pseudo_labels import PseudoLabelConfig
+
+    for cls in (TrainConfig, SegmentConfig, PseudoLabelConfig):
+        assert all(f.help for f in option_fields(cls).values()), cls.__name__
+    cfg_file = tmp_path / "seg.toml"
+    cfg_file.write_text('[segment]\ndata = "d"\nlabels = "gt"\ncrop-size = 64\nlr = "1e-3"\n')
+    cfg = resolve(SegmentConfig, {"crop_size": 96, "epochs": None}, cfg_file)
+    assert (cfg.crop_size, cfg.lr, cfg.labels) == (96, 1e-3, "gt")  # command line > file
+    cfg_file = tmp_path / "seg.yaml"
+    cfg_file.write_text("segment:\n  data: d\n  crop_size: many\n")
+    with pytest.raises(AttnGuideError, match="crop_size must be int"):
+        resolve(SegmentConfig, None, cfg_file)
+    cfg_file = tmp_path / "pl.yml"
+    cfg_file.write_text("pseudo-label:\n  run: r\n  scales: [1.0, 0.5]\n  flip: off\n")
+    cfg = resolve(PseudoLabelConfig, {"data": "d"}, cfg_file)
+    assert cfg.validate().scales == (1.0, 0.5) and cfg.flip is False and cfg.run == "r"
+
+
+def test_segment_resume_base_drops_the_length_the_command_line_replaces(tmp_path):
+    from attnguide.engine.segment_config import SegmentConfig, config_from_options
+
+    run = tmp_path / "seg"
+    base = SegmentConfig(data="d", labels="gt", iterations=50, crop_size=48).to_dict()
+    save_checkpoint({"kind": "segmenter", "config": base}, run / "last.pt")
+    cfg = config_from_options({"resume": str(run), "epochs": 3})
+    assert (cfg.epochs, cfg.iterations, cfg.crop_size) == (3, None, 48)
+    assert cfg.out == str(run) and cfg.resume == str(run)
+    save_checkpoint({"config": base, "model_name": "resnet18"}, tmp_path / "cls" / "last.pt")
+    with pytest.raises(AttnGuideError, match="not a segmenter"):
+        config_from_options({"resume": str(tmp_path / "cls")})

@@ -177,7 +177,7 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
 
     from attnguide.data import open_dataset
     from attnguide.engine import evaluate
-    from attnguide.models.classifiers import load_model
+    from attnguide.models.trained import load_model
 
     trained = load_model(run / "last.pt")
     dev = torch.device(device)
@@ -190,7 +190,7 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
 def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
     """Pseudo-label mIoU of the run's attention on the training split (true masks),
     without and with dense CRF."""
-    from attnguide.tasks.pseudo_label import PseudoLabelConfig, pseudo_label
+    from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
 
     res = pseudo_label(PseudoLabelConfig(run=str(run / "last.pt"), data=str(data), split="train",
                                          out=str(run / "pseudo"), scales=(1.0, 1.5), crf=crf,
@@ -204,8 +204,8 @@ def segmenter_metrics(run: Path, data: Path, device: str) -> dict:
     segmenter settings: U-Net/resnet18 from scratch, 64 px crops)."""
     from attnguide.tasks.demo import SEGMENTER
     from attnguide.tasks.evaluate import evaluate_predictions
-    from attnguide.tasks.predict import predict
-    from attnguide.tasks.segment import SegmentConfig, segment
+    from attnguide.tasks.prediction import predict
+    from attnguide.tasks.segmentation import SegmentConfig, segment
 
     seg = run / "segmenter"
     resume = str(seg) if (seg / "last.pt").exists() else None  # a killed run goes on; a finished one stops
@@ -295,7 +295,9 @@ def main(argv=None) -> None:
                         "attention of each row's first seed)")
     p.add_argument("--rerun", action="store_true",
                    help="train again rows that already have OUT/ROW-sSEED/test_metrics.json")
-    p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--write", action="store_true",
+                   help="put the table in benchmarks/RESULTS.md, replacing the run of the same preset, "
+                        "rows and settings (moved to benchmarks/history/)")
     p.add_argument("--score", type=Path, default=None, help=argparse.SUPPRESS)  # one run's columns (a job's 2nd step)
     args = p.parse_args(argv)
     if args.score:
@@ -400,7 +402,7 @@ def main(argv=None) -> None:
     if args.plots:
         args.plots.parent.mkdir(parents=True, exist_ok=True)
         bars = plot_table(results, columns, args.plots.with_suffix(".png"))
-        from attnguide.viz.pictures import attention_grid
+        from attnguide.viz.grid import attention_grid
 
         first = [r for r in args.rows if (args.out / f"{r}-s{args.seeds[0]}" / "last.pt").exists()]
         grid = attention_grid([args.out / f"{r}-s{args.seeds[0]}" / "last.pt" for r in first], data,
@@ -417,14 +419,23 @@ def main(argv=None) -> None:
         cmd = "python benchmarks/scenes/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
         where = platform.node() if args.device == "cpu" else args.device
         settings = ", ".join(f"{k}={v}" for k, v in common.items())
-        text = (f"\n### Scenes: guided attention against the shortcut — {dt.date.today()} — {where}\n\n"
+        text = (f"### Scenes: guided attention against the shortcut — {dt.date.today()} — {where}\n\n"
                 f"`{cmd}`\n\nSettings: {settings}; seeds {args.seeds} (mean ± std over the seeds a "
                 f"row has{'; segmenters for seeds ' + str(sorted(segment_seeds)) if args.segment else ''}); test split is "
                 f"unbiased; last checkpoint; {time.time() - t_start:.0f} s for this call"
                 f"{f' ({reused} runs reused from earlier calls)' if reused else ''}.\n\n{table}\n{pictures}")
-        with RESULTS.open("a") as f:
-            f.write(text)
-        print(f"appended to {RESULTS}")
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/results_page.py
+        from results_page import record
+
+        preset = args.preset or "default"
+        key = (f"scenes/run.py {preset}: {' '.join(args.rows)}"
+               + "".join(f" --set {s}" for s in sorted(args.set))
+               + "".join(f" --scenes {s}" for s in sorted(args.scenes)))
+        section, history = {"demo": ("Scenes at the demo's scale: from attention to segmentation",
+                                     "scenes-demo.md"),
+                            "cue": ("Cue decoy: other runs", "scenes-cue.md")}.get(
+                                preset, ("Scenes: other runs", "scenes.md"))
+        record(key, text, section=section, history=history, results=RESULTS)
 
 
 if __name__ == "__main__":

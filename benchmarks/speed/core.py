@@ -6,7 +6,7 @@ two alternated round by round (the machines are shared and noisy).
 
     python benchmarks/speed/core.py                    # CPU: resnet18, 224 px, batch 8
     python benchmarks/speed/core.py --device cuda --amp
-    python benchmarks/speed/core.py --write            # append the tables to benchmarks/RESULTS.md
+    python benchmarks/speed/core.py --write            # the run's tables into benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -339,7 +339,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-attention", action="store_true")
     p.add_argument("--ports", action="store_true", help="also time the ports' per-image loop")
-    p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--write", action="store_true",
+                   help="put the tables in benchmarks/RESULTS.md, replacing the run of the same settings "
+                        "(moved to benchmarks/history/speed.md)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -351,10 +353,16 @@ def main(argv=None) -> None:
     if args.write:
         cmd = "python benchmarks/speed/core.py " + " ".join(sys.argv[1:])
         block = [f"### Core step and attention() — {dt.date.today()} — {machine(args.device)}",
-                 "", f"`{cmd}`", ""] + lines + [""]
-        with RESULTS.open("a") as f:
-            f.write("\n".join(block) + "\n")
-        print(f"appended to {RESULTS}")
+                 "", f"`{cmd}`", ""] + lines
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/results_page.py
+        from results_page import record
+
+        gpu = args.device.startswith("cuda")
+        dtype = "bf16" if args.amp else "fp32"
+        key = (f"speed/core.py {'cuda' if gpu else 'cpu'} {args.model} batch {args.batch} {dtype}"
+               + (f" size {args.size}" if args.size != 224 else "") + (" detach" if args.detach else ""))
+        record(key, "\n".join(block), section=f"Core speed on a {'GPU' if gpu else 'CPU'}: {args.model}, {dtype}",
+               history="speed.md", results=RESULTS)
 
 
 if __name__ == "__main__":

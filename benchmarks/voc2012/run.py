@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="every step on a tiny VOC-format folder (CPU, ~1 min); "
                    "the table goes to OUT/RESULTS.md, not to benchmarks/RESULTS.md")
     p.add_argument("--dry-run", action="store_true", help="print the commands a run would start now, and exit")
-    p.add_argument("--no-write", action="store_true", help="do not append the table to benchmarks/RESULTS.md")
+    p.add_argument("--no-write", action="store_true",
+                   help="do not put the table in benchmarks/RESULTS.md (where it replaces the run of "
+                        "the same rows and routes, moved to benchmarks/history/voc2012.md)")
     args = p.parse_args(argv)
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     args.workers = (0 if args.smoke else 8) if args.workers is None else args.workers
@@ -355,9 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     (args.out / "RESULTS.md").write_text(text)
     if not args.smoke and not args.no_write:
-        with RESULTS.open("a") as f:
-            f.write("\n" + text)
-        print(f"appended to {RESULTS}")
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/results_page.py
+        from results_page import record
+
+        record(f"voc2012/run.py: {' '.join(args.rows)} / {' '.join(args.routes)}", text,
+               section="VOC 2012: GAIN cues → DeepLab-LargeFOV", history="voc2012.md", results=RESULTS)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,17 @@ Conventions shared by all commands:
 - **`train`, `pseudo-label` and `segment`** generate their options from the
   dataclasses `TrainConfig`, `PseudoLabelConfig` and `SegmentConfig`: the
   option `--image-size` is the field `image_size`, and the help text is the
-  comment after the field's default. For `train`, every option is also a key of
-  a YAML or TOML `--config` file (`image-size: 64` or `image_size: 64`).
-  Precedence, lowest first: the defaults, the config saved in the run given
-  to `--resume`, the `--config` file, the command line.
-  `RUN/config.yaml` (train) and `RUN/segment.yaml` (segment) hold the
-  resolved options of a run.
+  comment after the field's default.
+- **`--config FILE`** works on every command: a YAML or TOML file whose keys are
+  the command's options (`image-size: 64` or `image_size: 64`), at the top level
+  or under a table named after the command (`[segment]`, `pseudo-label:`).
+  Precedence, lowest first: the defaults, the config saved in the run given to
+  `--resume` (train, segment), the `--config` file, the command line. An unknown
+  key is an error that names the closest options. `RUN/config.yaml` (train) and
+  `RUN/segment.yaml` (segment) hold the resolved options of a run and repeat it
+  with `--config`.
+- **Run folders**: `train` and `segment` refuse an `--out` that already holds a
+  run (its `last.pt`) unless you pass `--resume` or `--overwrite`.
 - **`train` settings without an option**: the `GuidedAttention` arguments
   `fill`, `layout`, `isolate_batchnorm` and `check_finite` are set in the config
   file under `guide_options:` (a mapping passed to `GuidedAttention` as is), e.g.

@@ -80,8 +80,7 @@ def visualize_command(
         raise AttnGuideError(f"--images must be at least 1, got {images}")
     chosen = _parse_indices(indices) if indices is not None else None
     run_names = [n.strip() for n in names.split(",")] if names else None
-    if device == "auto":
-        device = str(resolve_device("auto"))
+    device = str(resolve_device(device))  # the device check of every command
     if data is None:
         data = _default_data(runs[0])
     if out is None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
-from attnguide.core.hooks import ActivationCapture
+from attnguide.core.hooks import ActivationCapture, eval_mode
 from attnguide.core.layers import (
     MIN_CELLS,
     auto_layer,
@@ -52,7 +53,10 @@ class LayerTarget:
         """Choose the layer now if it was left to the first call: (B, 3, H, W) images."""
         if self.module is None:
             found = auto_layer(self.model, tuple(images.shape[-2:])) if self.auto else None
-            self.name, self.module = found or probe_last_spatial_layer(self.model, images)
+            if found is None:  # probe forward: eval mode (batch of one, no running-stat
+                with eval_mode(self.model), torch.no_grad():  # update), each flag restored
+                    found = probe_last_spatial_layer(self.model, images)
+            self.name, self.module = found
 
     def capture(self, start_grad: bool = False) -> ActivationCapture:
         """A context manager that keeps the layer's output of one forward pass."""

@@ -59,11 +59,21 @@ def extract_logits(output) -> Tensor:
     return logits
 
 
-def check_images(images) -> None:
-    """(B, 3, H, W) float."""
+def check_images(images, finite: bool = False) -> None:
+    """(B, 3, H, W) float, B >= 1; with ``finite``, no NaN or infinite value (checked
+    before any forward pass, so BatchNorm running statistics stay clean; one device sync)."""
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise AttnGuideError(f"images must be a float tensor (B, 3, H, W), got {got}")
+    if images.shape[0] == 0:
+        raise AttnGuideError(f"empty batch: images have shape {tuple(images.shape)} (B = 0); "
+                             "skip empty batches (e.g. DataLoader(drop_last=True) or a filter)")
+    if finite and not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).sum())
+        raise AttnGuideError(
+            f"images hold {bad} NaN or infinite value(s) of {images.numel()}; nothing ran, the "
+            "model (BatchNorm statistics included) is unchanged: fix the data or skip the batch"
+        )
 
 
 def check_autograd(what: str, hint: str = "") -> None:

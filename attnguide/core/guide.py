@@ -124,8 +124,9 @@ class GuidedAttention(nn.Module):
             ``fill`` are read back.
         layout: how to read the layer's output: ``"auto"``, ``"NCHW"``,
             ``"NHWC"``, ``"tokens"``, or a callable ``tensor -> (B, K, h, w)``.
-        check_finite: raise ``FloatingPointError`` naming the term when the loss
-            is NaN or infinite (costs one device sync per step).
+        check_finite: refuse images holding NaN or inf before the forward pass (so
+            BatchNorm statistics stay clean) and raise ``FloatingPointError`` naming the
+            term when the loss is NaN or infinite (two device syncs per step).
 
     Example:
         >>> model = timm.create_model("resnet18", num_classes=20)
@@ -208,7 +209,7 @@ class GuidedAttention(nn.Module):
             if masks is not None:
                 raise AttnGuideError("masks were given without labels; pass labels too")
             return self.model(images)
-        check_images(images)
+        check_images(images, finite=self.check_finite)
         check_autograd("a guided step", " (in Lightning, Trainer(inference_mode=False)), or call "
                        "guide(images) for plain logits")
         labels = check_labels(labels, images.shape[0])
@@ -284,7 +285,7 @@ class GuidedAttention(nn.Module):
         (checked on the batch's own logits), the gradient is known in closed
         form, ``d s_c / d A = W_c / (h w)``, and no backward pass runs.
         """
-        check_images(images)
+        check_images(images, finite=self.check_finite)
         check_autograd("attention()")
         target = self._target
         target.ensure(images)

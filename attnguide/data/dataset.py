@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from attnguide.data.folder import CLASSES_FILE, is_folder_dataset, read_folder_split
-from attnguide.data.io import check_label_values, read_rgb
+from attnguide.data.io import check_label_values, labels_in_mask, read_image_size, read_rgb
 from attnguide.data.sample import Sample
 from attnguide.data.transforms import apply_joint, joint_transform
 from attnguide.data.voc import find_voc_root, read_voc_split
@@ -39,7 +39,9 @@ class ImageLabelDataset(Dataset):
     ``image_size``, ``class_names`` (background excluded; class k has mask
     value k + 1), ``num_classes``, ``multilabel``, ``samples``, ``sources``
     (where each sample is listed, e.g. ``"train.csv line 3"``) and
-    ``pixel_labelled`` (indices whose masks may be used as supervision).
+    ``pixel_labelled`` (indices whose masks may be used as supervision) and
+    ``mode_reason`` (why the data are single- or multi-label, e.g.
+    ``"every row of train.csv has one label"``).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class ImageLabelDataset(Dataset):
         image_size: int,
         train: bool,
         pixel_labelled: set[int],
+        mode_reason: str = "",
     ) -> None:
         self.root = root
         self.split = split
@@ -65,6 +68,7 @@ class ImageLabelDataset(Dataset):
         self.image_size = image_size
         self.train = train
         self.pixel_labelled = pixel_labelled
+        self.mode_reason = mode_reason
         self.transform = joint_transform(image_size, train)
 
     def __len__(self) -> int:
@@ -104,14 +108,37 @@ class ImageLabelDataset(Dataset):
         if sample.mask_path is None:
             return image, None
         mask = load_label_png(sample.mask_path, source)
-        if mask.shape != image.shape[:2]:
-            raise AttnGuideError(
-                f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-                f"{sample.image_path} is {image.shape[1]}x{image.shape[0]} ({source}); "
-                "masks must have their image's size"
-            )
-        check_label_values(mask, self.num_classes, sample.mask_path, source)
+        _check_mask(mask, image.shape[1], image.shape[0], sample, source, self.class_names)
         return image, mask
+
+    def check_files(self) -> None:
+        """Check every listed file before anything is written: each image's header (an
+        image, under the pixel limit) and each mask (a label map of its image's size whose
+        classes are in its row's labels). Pixels of images are decoded only when used."""
+        for sample, source in zip(self.samples, self.sources, strict=True):
+            width, height = read_image_size(sample.image_path, source)
+            if sample.mask_path is not None:
+                mask = load_label_png(sample.mask_path, source)
+                _check_mask(mask, width, height, sample, source, self.class_names)
+
+
+def _check_mask(mask: np.ndarray, width: int, height: int, sample: Sample, source: str,
+                class_names: list[str]) -> None:
+    """An (H, W) label map against its image's size, the class count and its row's labels."""
+    if mask.shape != (height, width):
+        raise AttnGuideError(
+            f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+            f"{sample.image_path} is {width}x{height} ({source}); masks must have their image's size"
+        )
+    check_label_values(mask, len(class_names), sample.mask_path, source)
+    extra = sorted(set(labels_in_mask(mask)) - set(sample.labels)) if sample.labels_known else []
+    if extra:
+        names = [class_names[k] for k in extra]
+        listed = [class_names[k] for k in sample.labels] or "no class"
+        raise AttnGuideError(
+            f"mask {sample.mask_path} ({source}) shows {names}, but the row's labels are "
+            f"{listed}; add the mask's classes to the labels or fix the mask"
+        )
 
 
 def open_dataset(
@@ -122,6 +149,8 @@ def open_dataset(
     pixel_labels: int | str | None = None,
     seed: int = 0,
     mode: str = "auto",
+    check_files: bool = True,
+    require_labels: bool = True,
 ) -> ImageLabelDataset:
     """Open a folder data set (``classes.txt`` + CSVs) or a VOC 2012 folder.
 
@@ -139,7 +168,15 @@ def open_dataset(
             Subsets of one seed are nested (N=10 is inside N=20).
         seed: seed of the pixel-label draw.
         mode: ``"auto"`` (folder data set: single-label iff every row has one
-            label; VOC: multi-label), ``"multi"`` or ``"single"``.
+            label; VOC: multi-label), ``"multi"`` or ``"single"``; ``ds.mode_reason``
+            says why.
+        check_files: folder data sets: check every listed file now
+            (`ImageLabelDataset.check_files`: image headers, masks decoded), so that a
+            broken file stops a command before it writes anything.
+        require_labels: folder data sets: an empty ``labels`` cell is an error (training
+            needs them; ``-`` says "none of the classes"). False for commands that only
+            look at images (pseudo labels with predicted classes, predict, evaluate): such a
+            row has unknown labels (``Sample.labels_known`` False).
 
     Raises:
         FileNotFoundError: `root`, a split list or a listed file is missing.
@@ -154,7 +191,7 @@ def open_dataset(
     _check_arguments(root, image_size, mode)
     folder = is_folder_dataset(root)
     if folder:
-        class_names, samples, sources = read_folder_split(root, split)
+        class_names, samples, sources = read_folder_split(root, split, require_labels)
     elif (voc_root := find_voc_root(root)) is not None:
         root = voc_root
         class_names, samples, sources = read_voc_split(root, split)
@@ -168,17 +205,22 @@ def open_dataset(
         raise AttnGuideError(
             f"split {split!r} of {root} lists no image; add rows to it or pick another split"
         )
-    return ImageLabelDataset(
+    multilabel, reason = _data_mode(samples, sources, mode, folder, split)
+    ds = ImageLabelDataset(
         root=root,
         split=split,
         class_names=class_names,
         samples=samples,
         sources=sources,
-        multilabel=_is_multilabel(samples, sources, mode, folder),
+        multilabel=multilabel,
+        mode_reason=reason,
         image_size=image_size,
         train=train,
         pixel_labelled=select_pixel_labelled(samples, pixel_labels, seed),
     )
+    if folder and check_files:
+        ds.check_files()
+    return ds
 
 
 def _check_arguments(root: Path, image_size: int, mode: str) -> None:
@@ -192,17 +234,27 @@ def _check_arguments(root: Path, image_size: int, mode: str) -> None:
         raise AttnGuideError(f"mode must be one of {list(MODES)}, got {mode!r}")
 
 
-def _is_multilabel(samples: list[Sample], sources: list[str], mode: str, folder: bool) -> bool:
-    not_single = [src for s, src in zip(samples, sources, strict=True) if len(s.labels) != 1]
+def _data_mode(samples: list[Sample], sources: list[str], mode: str, folder: bool,
+               split: str) -> tuple[bool, str]:
+    """(multilabel, the reason in words) of a split's labels under ``mode``."""
+    not_single = [(s, src) for s, src in zip(samples, sources, strict=True)
+                  if s.labels_known and len(s.labels) != 1]  # unknown labels tell nothing
     if mode == "single" and not_single:
         count = len(not_single)
         raise AttnGuideError(
             f"mode='single' needs exactly one label per image, but {count} image(s) have none or "
-            f"several (first: {not_single[0]}); use mode='multi' or 'auto'"
+            f"several (first: {not_single[0][1]}); use mode='multi' or 'auto'"
         )
-    if mode == "auto":
-        return not folder or bool(not_single)
-    return mode == "multi"
+    if mode != "auto":
+        return mode == "multi", f"data mode {mode} was asked for"
+    if not folder:
+        return True, "VOC is multi-label"
+    if not not_single:
+        return False, f"every image of split {split!r} has exactly one label"
+    sample, source = not_single[0]
+    what = "no label" if not sample.labels else f"{len(sample.labels)} labels"
+    return True, (f"{len(not_single)} of {len(samples)} images of split {split!r} have not "
+                  f"exactly one label (first: {source}, {what})")
 
 
 def select_pixel_labelled(
@@ -235,4 +287,9 @@ def _pixel_label_count(pixel_labels: int | str, num_samples: int) -> int:
             percent = math.nan
         if 0 <= percent <= 100:
             return math.floor(percent / 100 * num_samples + 0.5)
+        if percent > 100:
+            raise AttnGuideError(f"pixel_labels={pixel_labels!r} is more than 100%; give a "
+                                 "percentage of at most 100%, or 'all'")
+        if percent < 0:
+            raise AttnGuideError(f"pixel_labels={pixel_labels!r} is negative; {usage}")
     raise AttnGuideError(f"pixel_labels={pixel_labels!r} is not understood; {usage}")

@@ -8,7 +8,9 @@ Layout (paths in the CSVs are relative to the folder)::
       val.csv
       test.csv         optional; any NAME.csv is a split called NAME
 
-``labels`` holds space-separated class names; ``mask`` a label-map PNG in the
+``labels`` holds space-separated class names, or ``-`` (:data:`NO_OBJECT`) for an image
+that shows none of the classes (an empty cell is refused: it is usually a mistake);
+``mask`` a label-map PNG in the
 VOC convention (0 background, k for the k-th class of classes.txt counting
 from 1, 255 ignore). Extra columns are allowed and ignored.
 """
@@ -24,6 +26,7 @@ from attnguide.errors import AttnGuideError
 CLASSES_FILE = "classes.txt"
 REQUIRED_COLUMNS = ("image", "labels")
 MAX_CLASSES = 254  # values 1..254 in a uint8 mask; 255 is "ignore"
+NO_OBJECT = "-"  # the labels cell of an image that shows none of the classes
 
 
 def is_folder_dataset(root: Path) -> bool:
@@ -59,8 +62,10 @@ def read_class_names(root: Path) -> list[str]:
     return names
 
 
-def read_folder_split(root: Path, split: str) -> tuple[list[str], list[Sample], list[str]]:
-    """Parse ``classes.txt`` and ``{split}.csv`` and check that every listed file exists.
+def read_folder_split(root: Path, split: str, require_labels: bool = True,
+                      ) -> tuple[list[str], list[Sample], list[str]]:
+    """Parse ``classes.txt`` and ``{split}.csv`` and check that every listed file exists;
+    an empty labels cell is an error when ``require_labels``, else a row of unknown labels.
 
     Returns:
         class_names, samples, sources (``"train.csv line 3"`` for each sample).
@@ -80,7 +85,7 @@ def read_folder_split(root: Path, split: str) -> tuple[list[str], list[Sample], 
         _check_columns(reader.fieldnames, csv_path)
         for row in reader:
             source = f"{csv_path.name} line {reader.line_num}"
-            samples.append(_parse_row(row, root, index_of, source))
+            samples.append(_parse_row(row, root, index_of, source, require_labels))
             sources.append(source)
     _check_unique_names(samples, sources, csv_path)
     return class_names, samples, sources
@@ -96,12 +101,21 @@ def _check_columns(fieldnames: list[str] | None, csv_path: Path) -> None:
 
 
 def _parse_row(
-    row: dict[str, str | None], root: Path, index_of: dict[str, int], source: str
+    row: dict[str, str | None], root: Path, index_of: dict[str, int], source: str,
+    require_labels: bool = True,
 ) -> Sample:
     image = (row.get("image") or "").strip()
     if not image:
         raise AttnGuideError(f"{source}: the 'image' cell is empty; give an image path")
     names = (row.get("labels") or "").split()
+    known = bool(names)
+    if not names and require_labels:
+        raise AttnGuideError(
+            f"{source}: the 'labels' cell is empty; list the image's classes (space-separated), "
+            f"or write {NO_OBJECT!r} if the image shows none of them"
+        )
+    if names == [NO_OBJECT] and NO_OBJECT not in index_of:
+        names = []
     unknown = [name for name in names if name not in index_of]
     if unknown:
         raise AttnGuideError(
@@ -121,6 +135,7 @@ def _parse_row(
         image_path=image_path,
         labels=tuple(sorted({index_of[name] for name in names})),
         mask_path=mask_path,
+        labels_known=known,
     )
 
 

@@ -16,9 +16,13 @@ class Sample:
         image_path: the RGB image file.
         labels: sorted 0-based indices of the classes present (background excluded).
         mask_path: the label-map PNG (VOC convention), or None when the image has none.
+        labels_known: False for a row whose labels cell was left empty where labels are
+            optional (``open_dataset(..., require_labels=False)``): its ``labels`` are
+            unknown, not "none" (that is ``-``).
     """
 
     name: str
     image_path: Path
     labels: tuple[int, ...]
     mask_path: Path | None
+    labels_known: bool = True

@@ -8,6 +8,8 @@ the run folder; ``attnguide train --config RUN/config.yaml`` repeats a run.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,9 +24,12 @@ from attnguide.core.guidance import (  # noqa: F401 - the guidance words belong 
     resolve_guidance,
     resolve_swap_source,
 )
+from attnguide.core.guide import GuidedAttention
+from attnguide.core.layers import LAYOUTS
 from attnguide.engine import options
 from attnguide.engine.options import Options
 from attnguide.errors import AttnGuideError
+from attnguide.io.checkpoints import CLASSIFIER
 
 AUTO_LABELLED_SHARE = 0.5
 """What ``--labelled-share auto`` becomes with a swap term (0 without): half of every batch
@@ -57,6 +62,7 @@ class TrainConfig(Options):
     # --- model
     model: str = "resnet18"  # any timm model name (timm.list_models())
     weights: str | None = None  # local weights file (.pt/.pth/.safetensors); classifier re-sized
+    partial_weights: bool = False  # accept --weights that match less than half of the backbone (the rest stays random)
     pretrained: bool = False  # ask timm's hub for weights (needs network; else use --weights)
     layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
 
@@ -79,7 +85,7 @@ class TrainConfig(Options):
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap)
     swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention), or auto (masks, which worked better)
-    guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs (config file only)
+    guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs without an option of their own: fill, isolate_batchnorm, layout, check_finite (config file only)
 
     # --- optimisation
     epochs: int = 10  # training epochs
@@ -131,12 +137,13 @@ class TrainConfig(Options):
         for name in ("warmup_epochs", "workers", "checkpoint_every", "lr_warmup_steps", "step_epochs"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
+        for name in ("alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
                      "rrr_weight", "bg_weight", "swap_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
-        if self.lr == 0:
-            raise AttnGuideError("--lr must be > 0")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise AttnGuideError(f"--lr must be > 0 (a peak learning rate such as 0.01), got {self.lr}")
+        check_guide_options(self.guide_options, "TrainConfig")
         if self.labelled_share is not None and not 0 <= self.labelled_share <= 1:
             raise AttnGuideError(f"--labelled-share must lie in [0, 1], got {self.labelled_share}")
         if not 0 <= self.cam_threshold <= 1:
@@ -153,6 +160,55 @@ class TrainConfig(Options):
                 raise AttnGuideError(f"--guidance {part} with --{part}-weight 0 adds nothing: "
                                      "give a weight > 0")
         return self
+
+
+# GuidedAttention arguments that a regular option sets (guide_options may not repeat them)
+_SET_BY = {"terms": "--guidance and the *-weight options", "mask": "--mask, --mask-threshold, "
+           "--mask-sharpness"}
+_LAYOUT_WORDS = tuple(LAYOUTS)
+
+
+def guide_option_types() -> dict[str, type]:
+    """The keys ``guide_options`` accepts and their types: the `GuidedAttention` arguments
+    that no regular option sets."""
+    params = inspect.signature(GuidedAttention.__init__).parameters
+    out = {}
+    for name, p in params.items():
+        if name in ("self", "model") or name in _SET_BY or name in FIELDS:
+            continue
+        out[name] = type(p.default) if not isinstance(p.default, str) else str
+    return out
+
+
+def check_guide_options(values: Any, source: str) -> None:
+    """Raise naming ``source`` (``config file FILE``) when ``guide_options`` has an unknown
+    key, a key that duplicates a regular option, or a value of the wrong type."""
+    if not isinstance(values, Mapping):
+        raise AttnGuideError(f"{source}: guide_options must be a mapping such as {{fill: 0.5}}, "
+                             f"got {values!r}")
+    allowed = guide_option_types()
+    for key, value in values.items():
+        where = f"{source}: guide_options.{key}"
+        if key in FIELDS or key in _SET_BY:
+            option = _SET_BY.get(key) or _opt(key)
+            raise AttnGuideError(f"{where} duplicates the option {option}: set it there "
+                                 f"({key}: ... at the top level of the config file), not in guide_options")
+        if key not in allowed:
+            raise AttnGuideError(f"{where} is not a GuidedAttention argument; guide_options "
+                                 f"takes {', '.join(sorted(allowed))}")
+        want = allowed[key]
+        if key == "layout":
+            ok, words = value in _LAYOUT_WORDS, f"one of {', '.join(_LAYOUT_WORDS)}"
+        elif want is bool:
+            ok, words = isinstance(value, bool), "true or false"
+        elif want is float:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+            words = "a finite number"
+        else:
+            ok, words = isinstance(value, want), want.__name__
+        if not ok:
+            raise AttnGuideError(f"{where} must be {words}, got {value!r}")
 
 
 def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
@@ -210,8 +266,13 @@ def config_from_options(overrides: Mapping[str, Any] | None = None,
     """The config of a run from command-line options (only those given) and a ``--config``
     file; with ``resume`` the resumed run's saved config is the base (see
     :func:`attnguide.engine.options.from_command_line`)."""
-    # the kind is checked by the trainer, with the model and class list (engine.state)
-    return options.from_command_line(TrainConfig, overrides, config_file)
+    # the kind here (a segmenter's options would not fit); the model and class list are
+    # checked by the trainer (engine.state)
+    if config_file is not None:  # name the file in guide_options errors
+        raw = options.read_config_file(TrainConfig, config_file).get("guide_options")
+        if raw is not None:
+            check_guide_options(raw, f"config file {Path(config_file).name}")
+    return options.from_command_line(TrainConfig, overrides, config_file, kind=CLASSIFIER)
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

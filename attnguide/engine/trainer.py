@@ -82,6 +82,17 @@ def _pixel_labels(value: str | None) -> int | str | None:
     return text
 
 
+def _mask_words(ds, cfg: TrainConfig) -> str:
+    """What the training split offers L_e: "has pixel masks", "has no pixel masks", or
+    "has 12 masks of which --pixel-labels 0 selects none"."""
+    if ds.pixel_labelled:
+        return "has pixel masks"
+    with_mask = sum(sample.mask_path is not None for sample in ds.samples)
+    if not with_mask:
+        return "has no pixel masks"
+    return f"has {with_mask} masks of which --pixel-labels {cfg.pixel_labels} selects none"
+
+
 class Trainer(Loop):
     """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`.
 
@@ -110,13 +121,15 @@ class Trainer(Loop):
                 raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
         # said when training starts, not before a set-up error
         self.auto_note = resolve_auto(cfg, bool(self.train_ds.pixel_labelled))
+        masks = _mask_words(self.train_ds, cfg)
         if self.auto_note:
-            self.auto_note += (f"; split {cfg.train_split!r} "
-                               f"{'has' if self.train_ds.pixel_labelled else 'has no'} pixel masks")
+            self.auto_note += f"; split {cfg.train_split!r} {masks}"
+        kind = "multi-label" if self.multilabel else "single-label"
+        self.mode_note = f"data: {kind} ({self.train_ds.mode_reason}; see --data-mode)"
         if needs_masks(cfg.guidance) and not self.train_ds.pixel_labelled:
             raise AttnGuideError(
-                f"--guidance {cfg.guidance} needs pixel masks, but no image of split {cfg.train_split!r} has one "
-                "selected (see --pixel-labels); add masks or use --guidance self")
+                f"--guidance {cfg.guidance} needs pixel masks, but split {cfg.train_split!r} {masks}; "
+                "add masks, raise --pixel-labels or use --guidance self")
         if cfg.labelled_share and not needs_masks(cfg.guidance):
             raise AttnGuideError(f"--labelled-share {cfg.labelled_share} puts pixel-labelled images in every "
                                  f"batch, but --guidance {cfg.guidance} uses no masks; drop it or use ext, swap, ...")
@@ -150,7 +163,8 @@ class Trainer(Loop):
         # ---- model
         self.model = create_model(cfg.model, len(self.class_names),
                                   weights=None if self.resume_state else cfg.weights,
-                                  pretrained=cfg.pretrained and not self.resume_state)
+                                  pretrained=cfg.pretrained and not self.resume_state,
+                                  partial_weights=cfg.partial_weights)
         if cfg.sync_bn:
             if not self.dist.enabled:
                 self.reporter.warn("--sync-bn has no effect in a single process")
@@ -189,6 +203,7 @@ class Trainer(Loop):
 
     def write_config(self) -> None:
         save_config(self.cfg, self.run_dir / self.config_name)
+        self.reporter.info(self.mode_note)
         if self.auto_note:
             self.reporter.info(self.auto_note)
 

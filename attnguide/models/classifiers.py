@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -42,11 +43,23 @@ def check_model_name(name: str) -> None:
     if timm.is_model(name.split(".")[0]) or timm.is_model(name):
         return
     known = timm.list_models()
-    close = difflib.get_close_matches(name, known, n=6, cutoff=0.6)
+    family = _family(name, known)  # resnet_nope -> resnet*: suggest the same family first
+    close = difflib.get_close_matches(name, family, n=6, cutoff=0.75)
+    close += [m for m in sorted(family, key=lambda m: (len(m), m)) if m not in close][:6 - len(close)]
+    if not close:
+        close = difflib.get_close_matches(name, known, n=6, cutoff=0.6)
     if not close:
         close = [m for m in known if name.lower() in m][:6]
     hint = f"did you mean {', '.join(close)}?" if close else "list them with timm.list_models('*resnet*')"
     raise AttnGuideError(f"unknown timm model {name!r}: {hint}")
+
+
+def _family(name: str, known: list[str]) -> list[str]:
+    """timm names that start with ``name``'s family word (``resnet`` of ``resnet_nope``)."""
+    stem = re.split(r"[^a-z]", name.lower(), maxsplit=1)[0]
+    if len(stem) < 3:
+        return []
+    return [m for m in known if m.startswith(stem)]
 
 
 def create_model(
@@ -54,6 +67,7 @@ def create_model(
     num_classes: int,
     weights: str | os.PathLike | None = None,
     pretrained: bool = False,
+    partial_weights: bool = False,
     **model_kwargs: Any,
 ) -> nn.Module:
     """A timm classifier with ``num_classes`` outputs.
@@ -67,6 +81,9 @@ def create_model(
             dropped and reported.
         pretrained: ask timm's hub for the weights. Offline this fails at once
             with one line pointing to ``weights``.
+        partial_weights: accept a ``weights`` file that matches less than half of the
+            backbone's tensors (:data:`MIN_BACKBONE_MATCH`); by default such a file,
+            usually made for another architecture, is refused with the count that matched.
         **model_kwargs: passed to ``timm.create_model`` (``drop_rate``, ...).
 
     Returns:
@@ -87,8 +104,33 @@ def create_model(
         except TypeError as e:  # bad model_kwargs
             raise AttnGuideError(f"timm could not build {name!r}: {e}") from None
     if weights is not None:
-        load_weights(model, weights, on_mismatch="drop")
+        rep = load_weights(model, weights, on_mismatch="drop", report=False)
+        backbone = _backbone_keys(model)
+        matched = [k for k in rep.loaded if k in backbone]
+        if not partial_weights and backbone and len(matched) < MIN_BACKBONE_MATCH * len(backbone):
+            raise AttnGuideError(
+                f"weights file {rep.path!r} matches only {len(matched)} of the {len(backbone)} backbone tensors "
+                f"of {name!r}: it is probably for another architecture; pick the model it was "
+                "made for, or pass --partial-weights (partial_weights=True) to keep the partial load"
+            )
+        logging.getLogger("attnguide").log(
+            logging.WARNING if (rep.missing or rep.unexpected) else logging.INFO, rep.summary())
     return model
+
+
+MIN_BACKBONE_MATCH = 0.5
+"""Share of the backbone's tensors (the state dict without the classifier) that a
+``weights`` file must match unless ``partial_weights`` is given."""
+
+
+def _backbone_keys(model: nn.Module) -> set[str]:
+    """State-dict keys outside the classifier (timm's ``get_classifier()``)."""
+    keys = set(model.state_dict())
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return keys
+    prefixes = [name + "." for name, module in model.named_modules() if module is head and name]
+    return {k for k in keys if not any(k.startswith(p) for p in prefixes)}
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -101,9 +101,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise AttnGuideError(
-            f"could not read weights file {str(path)!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); pass a state dict saved with torch.save or "
-            "safetensors"
+            f"weights file {str(path)!r} is not a {_format_name(path)} file ({_what_it_is(path, e)}); "
+            "pass a state dict saved with torch.save (.pt/.pth) or safetensors (.safetensors)"
         ) from None
     for _ in range(3):  # {"model": {"state_dict": ...}} and the like
         if isinstance(obj, Mapping) and not _is_state_dict(obj):
@@ -117,6 +116,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"{type(obj).__name__} with keys {list(obj)[:6] if isinstance(obj, Mapping) else '-'}"
         )
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _format_name(path: Path) -> str:
+    return "safetensors" if path.suffix == ".safetensors" else "torch.save"
+
+
+def _what_it_is(path: Path, err: Exception) -> str:
+    """A short description of an unreadable weights file, for the message."""
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "it is empty"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it holds text: {head[:40].decode('utf-8', 'replace')!r}..."
+    first = (str(err).splitlines() or [""])[0][:160]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _is_state_dict(obj: Mapping) -> bool:

@@ -61,13 +61,13 @@ def ground_truth_pairs(data: str | None = None, split: str = "val", gt: str | No
             if data is None:
                 raise AttnGuideError("with --gt, name the classes: --data PATH (its classes.txt) or "
                                      "--classes FILE_OR_LIST")
-            names = list(open_dataset(data, split, train=False).class_names)
+            names = list(open_dataset(data, split, train=False, require_labels=False).class_names)
         if names and names[0].lower() == BACKGROUND:
             names = names[1:]
         return pairs, [BACKGROUND, *names]
     if data is None:
         raise AttnGuideError("pass the ground truth: --data PATH --split NAME, or --gt DIR")
-    ds = open_dataset(data, split, train=False)
+    ds = open_dataset(data, split, train=False, require_labels=False)
     pairs = [(s.name, s.mask_path) for s in ds.samples if s.mask_path is not None]
     if not pairs:
         raise AttnGuideError(f"split {split!r} of {ds.root} has no masks to evaluate against; "

@@ -147,7 +147,7 @@ def predict(run: str | Path, out: str | Path, images=None, *, data: str | None =
     console = console or make_console()
     seg = load_segmenter(run, resolve_device(device))
     if data is not None:
-        ds = open_dataset(data, split, train=False)
+        ds = open_dataset(data, split, train=False, require_labels=False)
         check_class_lists(seg.class_names[1:], ds.class_names, f"segmenter {seg.checkpoint}",
                           f"data set {ds.root}")
         if seg.class_names[0] != BACKGROUND:  # pragma: no cover - written by segment

@@ -220,7 +220,7 @@ def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
     console = console or make_console()
     device = resolve_device(cfg.device)
     trained = load_model(cfg.run, device=device)  # refuses a segmenter run, naming it
-    ds = open_dataset(cfg.data, cfg.split, image_size=trained.image_size, train=False)
+    ds = open_dataset(cfg.data, cfg.split, image_size=trained.image_size, train=False, require_labels=False)
     check_class_lists(trained.class_names, ds.class_names, f"classifier {trained.checkpoint}",
                       f"data set {ds.root} (classes.txt)")
     crf_params = parse_crf_params(cfg.crf_params) if cfg.crf else None

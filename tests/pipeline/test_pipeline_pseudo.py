@@ -30,7 +30,7 @@ def _cfg(classifier, scenes, out, **kw) -> PseudoLabelConfig:
 
 
 def _names(scenes, split="train") -> list[str]:
-    return [s.name for s in open_dataset(scenes, split, train=False).samples]
+    return [s.name for s in open_dataset(scenes, split, train=False, require_labels=False).samples]
 
 
 def _app() -> typer.Typer:
@@ -158,6 +158,11 @@ def test_class_list_mismatch_names_both_lists(classifier, scenes, tmp_path):
     shutil.copytree(scenes, data)
     names = (data / "classes.txt").read_text().split()
     (data / "classes.txt").write_text("\n".join([names[1], names[0], *names[2:]]) + "\n")
+    for csv in data.glob("*.csv"):  # the same data with the two names swapped: masks still agree
+        swap = {names[0]: names[1], names[1]: names[0]}
+        rows = [line.split(",") for line in csv.read_text().splitlines()]
+        rows[1:] = [[r[0], " ".join(swap.get(n, n) for n in r[1].split()), *r[2:]] for r in rows[1:]]
+        csv.write_text("\n".join(",".join(r) for r in rows) + "\n")
     with pytest.raises(AttnGuideError, match="class lists differ") as err:
         pseudo_label(_cfg(classifier, data, tmp_path / "pl"))
     assert "[boat, disc" in str(err.value) and "[disc, boat" in str(err.value)

@@ -26,6 +26,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import sys
@@ -34,7 +35,7 @@ from typing import Any
 
 import typer
 
-from attnguide.cli import demo, seg, viz
+from attnguide.cli import demo, export, seg, viz
 from attnguide.cli.common import console, setup_logging, with_config
 from attnguide.data import make_scenes
 from attnguide.engine.config import TrainConfig, config_from_options
@@ -130,7 +131,7 @@ def data_scenes(
 # ---------------------------------------------------------------------- other modules' commands
 
 
-for module in (seg, demo, viz):  # pseudo-label, segment, evaluate, predict; demo; visualize, plot
+for module in (seg, demo, viz, export):  # pseudo-label, segment, evaluate, predict; demo; visualize, plot; export
     module.register(app)
 
 
@@ -143,6 +144,25 @@ def _fail(message: str) -> int:
     message = " ".join(str(message).split())  # one line
     console().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     return EXIT_BAD_INPUT
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _os_message(e: OSError) -> str:
+    """One line for an OSError: attnguide's own message, or the file and the fix for a raw
+    one ("[Errno 30] Read-only file system: 'runs/x'")."""
+    if e.errno is None or e.filename is None:
+        return str(e) or type(e).__name__
+    where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    if e.errno in _NOT_WRITABLE:
+        return (f"cannot write {where}: {e.strerror}; pick a folder you can write to (--out) "
+                "or fix its permissions")
+    if e.errno == errno.ENOSPC:
+        return f"cannot write {where}: {e.strerror}; free disk space or pick another --out"
+    if e.errno == errno.ENOENT:
+        return f"{where} does not exist ({e.strerror}); check the path"
+    return f"{where}: {e.strerror}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED_ERRORS as e:
         if debug:
             raise
-        return _fail(str(e) or type(e).__name__)
+        return _fail(_os_message(e) if isinstance(e, OSError) else str(e) or type(e).__name__)
     except KeyboardInterrupt:
         if debug:
             raise

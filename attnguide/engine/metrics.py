@@ -1,8 +1,9 @@
 """Evaluation metrics as small pure functions (tested against torchmetrics).
 
 Shapes: N images, C classes, H x W pixels. The confusion matrix and the IoU are
-:mod:`attnguide.wsss.evaluate`'s (one implementation for training and evaluation),
-re-exported here for the training loop.
+:mod:`attnguide.wsss.evaluate`'s, the attention metrics (CAM segmentation, share of
+attention inside the mask) :mod:`attnguide.metrics`' (one implementation for training,
+evaluation and the ``torchmetrics`` classes), re-exported here for the training loop.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnguide.constants import IGNORE
+from attnguide.metrics.attention import attention_inside, cam_segmentation
 from attnguide.wsss.evaluate import confusion_matrix, iou_from_confusion
 
 __all__ = [
@@ -70,42 +71,3 @@ def mean_iou(conf: Tensor) -> float:
     iou = iou_from_confusion(conf)
     iou = iou[~iou.isnan()]
     return float(iou.mean()) if len(iou) else float("nan")
-
-
-def cam_segmentation(maps: Tensor, classes: Tensor, present: Tensor, threshold: float) -> Tensor:
-    """Segment with CAMs and a fixed background score.
-
-    Args:
-        maps: (N, K, H, W) attention in [0, 1] of the classes ``classes`` (N, K).
-        classes: (N, K) int64 class indices (repeats allowed).
-        present: (N, K) bool, False for padding entries.
-        threshold: the background's score: a pixel is background where every
-            class's attention is below it.
-
-    Returns:
-        (N, H, W) int64 labels in the VOC convention (0 background, c + 1 class c).
-    """
-    maps = maps.float().masked_fill(~present[:, :, None, None], -1.0)
-    best, arg = maps.max(dim=1)  # (N, H, W)
-    label = classes.gather(1, arg.flatten(1)).view_as(arg) + 1
-    return torch.where(best >= threshold, label, torch.zeros_like(label))
-
-
-def attention_inside(maps: Tensor, classes: Tensor, present: Tensor, masks: Tensor) -> tuple[float, int]:
-    """Share of each map's attention mass inside its class's mask, summed over pairs.
-
-    Args:
-        maps: (N, K, H, W) attention >= 0. classes: (N, K). present: (N, K) bool,
-            False for padding entries. masks: (N, H, W).
-
-    Returns:
-        (sum of per-pair shares, number of pairs counted): pairs whose class has
-        no pixel in the mask or whose map is all zero are skipped. Pixels whose
-        mask is 255 are left out of both numerator and denominator.
-    """
-    valid = (masks != IGNORE)[:, None]  # (N, 1, H, W)
-    inside = masks[:, None] == (classes[:, :, None, None] + 1)  # (N, K, H, W)
-    mass = (maps.float() * valid).flatten(2).sum(-1)  # (N, K)
-    mass_in = (maps.float() * inside).flatten(2).sum(-1)
-    ok = present & (mass > 0) & inside.flatten(2).any(-1)
-    return float((mass_in[ok] / mass[ok]).sum()), int(ok.sum())

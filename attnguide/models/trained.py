@@ -8,7 +8,7 @@ layer, image size, normalisation and training config, so that
 the run trained with.
 
 Example:
-    >>> trained = load_model("runs/scenes")          # best.pt, else last.pt
+    >>> trained = load_model("runs/scenes")          # best.pt, else last.pt (or a model folder)
     >>> guide = trained.guide()                      # GuidedAttention with the trained settings
     >>> maps = guide.attention(images, resize=True, normalize=True)   # (B, 1, H, W)
 """
@@ -27,6 +27,7 @@ from attnguide.core.guidance import guide_kwargs
 from attnguide.core.guide import GuidedAttention
 from attnguide.io.checkpoints import CLASSIFIER, read_checkpoint, resolve_checkpoint
 from attnguide.models.classifiers import check_model_name
+from attnguide.models.export import is_model_folder, read_model_folder
 
 __all__ = ["TrainedModel", "load_model"]
 
@@ -81,8 +82,9 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
     """Load a model trained by ``attnguide train`` for inference.
 
     Args:
-        run_dir_or_checkpoint: a run folder (its ``best.pt``, else ``last.pt``)
-            or a checkpoint file.
+        run_dir_or_checkpoint: a run folder (its ``best.pt``, else ``last.pt``),
+            a checkpoint file, or a model folder of ``attnguide export``
+            (``config.json`` + ``model.safetensors``, :mod:`attnguide.models.export`).
         device: where to put the model.
         prefer: ``"best"`` or ``"last"`` when given a run folder.
 
@@ -91,6 +93,8 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
     """
     import timm
 
+    if is_model_folder(run_dir_or_checkpoint):
+        return _load_folder(run_dir_or_checkpoint, device)
     path = resolve_checkpoint(run_dir_or_checkpoint, prefer)
     ckpt = read_checkpoint(path, CLASSIFIER)
     class_names = list(ckpt["class_names"])
@@ -109,6 +113,31 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
         image_size=int(ckpt.get("image_size") or config.get("image_size") or 224),
         config=config,
         checkpoint=str(path),
+        mean=tuple(norm.get("mean", TrainedModel.mean)),
+        std=tuple(norm.get("std", TrainedModel.std)),
+    )
+
+
+def _load_folder(folder: str | os.PathLike, device: str | torch.device) -> TrainedModel:
+    """A model folder of ``attnguide export`` as a TrainedModel."""
+    import timm
+
+    config, state = read_model_folder(folder)
+    name = config["architecture"]
+    check_model_name(name)
+    class_names = list(config["classes"])
+    model = timm.create_model(name, pretrained=False, num_classes=len(class_names))
+    model.load_state_dict(state)
+    model.to(device).eval()
+    norm = config.get("normalize") or {}
+    return TrainedModel(
+        model=model,
+        class_names=class_names,
+        multilabel=bool(config["multilabel"]),
+        layer=config.get("layer"),
+        image_size=int(config["image_size"]),
+        config=dict(config.get("training") or {}),
+        checkpoint=str(folder),
         mean=tuple(norm.get("mean", TrainedModel.mean)),
         std=tuple(norm.get("std", TrainedModel.std)),
     )

@@ -54,8 +54,8 @@ Conventions shared by all commands:
   run (its `last.pt`) unless you pass `--resume` or `--overwrite`.
 - **`train` settings without an option**: the `GuidedAttention` arguments
   `fill`, `layout`, `isolate_batchnorm` and `check_finite` are set in the config
-  file under `guide_options:` (a mapping passed to `GuidedAttention` as is), e.g.
-  `guide_options: {fill: 0.5}`; see [concepts.md](concepts.md).
+  file under `guide_options:` (checked: other keys, and keys that repeat an
+  option, are refused), e.g. `guide_options: {fill: 0.5}`; see [concepts.md](concepts.md).
 - **Devices**: `--device auto` picks CUDA when available. Under `torchrun`,
   `train` and `segment` run data-parallel; `--batch-size` is the *global*
   batch (see [recipes.md](recipes.md#ddp-with-torchrun)).

@@ -12,7 +12,9 @@ from attnguide.errors import AttnGuideError
 from attnguide.io.checkpoints import SEGMENTER
 from attnguide.wsss.crf import parse_crf_params, require_crf
 
-SCHEDULES = ("poly", "step")
+SCHEDULES = ("poly", "cosine", "step")
+OPTIMIZERS = ("adamw", "sgd")
+CLASS_WEIGHTS = ("none", "balanced")
 MODES = ("pseudo", "sec")
 SEC_PARTS = ("seed", "expand", "constrain")  # metrics.jsonl: train_seed, train_expand, train_constrain
 AMP_DTYPES = ("auto", "bf16", "fp16")
@@ -40,18 +42,23 @@ class SegmentConfig(Options):
     encoder: str | None = None  # smp encoder or tu-<timm model> (default resnet50; vgg16 for deeplab-largefov)
     weights: str | None = None  # local encoder weights file (VGG16 for deeplab-largefov)
 
-    # --- optimisation
+    # --- optimisation (defaults: AdamW, warm-up, poly; the DeepLab paper's SGD recipe is benchmarks/voc2012/configs/segment-largefov.yaml)
     epochs: int | None = None  # epochs (default 10 when --iterations is not given)
     iterations: int | None = None  # total iterations instead of epochs (DeepLab/SEC: 8000)
     batch_size: int = 8  # GLOBAL batch size (split over DDP processes)
-    lr: float = 1e-3  # base learning rate (DeepLab / SEC: 1e-3)
-    head_lr_mult: float = 10.0  # learning-rate factor of the last classifier layer (DeepLab: 10)
+    optimizer: str = "adamw"  # adamw or sgd (DeepLab / SEC: sgd with --momentum 0.9)
+    lr: float = 1e-3  # peak learning rate of the decoder (DeepLab / SEC with sgd: 1e-3)
+    encoder_lr_mult: float | None = None  # learning-rate factor of the encoder (default: 0.1 when --weights loads a pretrained encoder, else 1)
+    head_lr_mult: float = 1.0  # learning-rate factor of the last classifier layer (DeepLab: 10)
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # SGD weight decay (DeepLab: 5e-4)
-    schedule: str = "poly"  # per-iteration LR schedule: poly (1 - t/T)^power or step
+    weight_decay: float = 1e-2  # weight decay (AdamW: decoupled; DeepLab with sgd: 5e-4)
+    schedule: str = "poly"  # per-iteration LR schedule: poly (1 - t/T)^power, cosine or step
     poly_power: float = 0.9  # exponent of the poly schedule
     step_size: int = 0  # step schedule: iterations between drops (0 = T // 4; DeepLab 2000 of 8000)
     step_gamma: float = 0.1  # step schedule factor
+    warmup_iterations: int | None = None  # linear LR warm-up from 0 over this many iterations (default: 5% of the run; 0 = none, as DeepLab)
+    class_weights: str = "none"  # cross-entropy class weights: none, or balanced (inverse square root of each class's pixel share in the training labels)
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy (--mode pseudo), in [0, 1)
     amp: bool = False  # autocast: bf16 on CPU; fp16 (with a grad scaler) or bf16 on CUDA
     amp_dtype: str = "auto"  # auto (CPU bf16, CUDA fp16), bf16 or fp16
 
@@ -98,6 +105,17 @@ class SegmentConfig(Options):
             self._validate_sec()
         if self.schedule not in SCHEDULES:
             raise AttnGuideError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise AttnGuideError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise AttnGuideError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, "
+                                 f"got {self.class_weights!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise AttnGuideError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.warmup_iterations is not None and self.warmup_iterations < 0:
+            raise AttnGuideError(f"--warmup-iterations must be >= 0, got {self.warmup_iterations}")
+        if self.encoder_lr_mult is not None and self.encoder_lr_mult < 0:
+            raise AttnGuideError(f"--encoder-lr-mult must be >= 0, got {self.encoder_lr_mult}")
         if self.amp_dtype not in AMP_DTYPES:
             raise AttnGuideError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if self.epochs is not None and self.iterations is not None:
@@ -147,10 +165,26 @@ class SegmentConfig(Options):
                     "to train with the seed and expand losses only") from None
 
 
+    def encoder_factor(self) -> float:
+        """The encoder's LR factor: ``encoder_lr_mult``, else 0.1 with pretrained ``weights``, else 1."""
+        if self.encoder_lr_mult is not None:
+            return self.encoder_lr_mult
+        return 0.1 if self.weights else 1.0
+
+    def warmup(self, total: int) -> int:
+        """Warm-up iterations of a run of ``total``: ``warmup_iterations``, else 5% of it."""
+        if self.warmup_iterations is not None:
+            return self.warmup_iterations
+        return round(0.05 * total)
+
     @classmethod
     def resumed_base(cls, base: dict[str, Any], given: set[str]) -> dict[str, Any]:
         """A resumed run's saved options, less the length it no longer has: a new
-        ``--epochs`` replaces the saved ``iterations`` and the other way round."""
+        ``--epochs`` replaces the saved ``iterations`` and the other way round. A run saved
+        before the optimiser options existed trained with SGD, no warm-up and one encoder
+        learning rate: it resumes so, whatever today's defaults are."""
+        if "optimizer" not in base:
+            base.update(optimizer="sgd", warmup_iterations=0, encoder_lr_mult=1.0)
         if "epochs" in given:
             base.pop("iterations", None)
         if "iterations" in given:

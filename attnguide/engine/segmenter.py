@@ -19,12 +19,18 @@ One iteration of ``mode="pseudo"`` (the default)::
          + expansion_loss(logits, image labels, fg_decay, bg_decay)      # GWRP
          + constrain_weight * constrain_loss(logits, images)             # dense CRF
 
-Optimisation (DeepLab defaults): SGD, momentum 0.9, weight decay 5e-4, base
-``lr`` 1e-3 and ``head_lr_mult`` (10) times it for the last classifier layer
-(the segmenter's :meth:`~attnguide.models.segmenters.SegmenterSpec.param_groups`);
-per-iteration ``poly`` ``(1 - t/T)^0.9`` or ``step`` (x ``step_gamma`` every
+Optimisation (the defaults): AdamW, weight decay 1e-2, peak ``lr`` 1e-3 for the
+decoder, ``encoder_lr_mult`` times it for the encoder (default 0.1 when ``weights``
+loads a pretrained encoder, 1 from scratch) and ``head_lr_mult`` (1) times it for
+the last classifier layer (the segmenter's
+:meth:`~attnguide.models.segmenters.SegmenterSpec.param_groups`); a linear warm-up
+over the first ``warmup_iterations`` (default 5% of the run), then a per-iteration
+``poly`` ``(1 - t/T)^0.9``, ``cosine`` or ``step`` (x ``step_gamma`` every
 ``step_size`` iterations) schedule over ``T`` = ``iterations``, or ``epochs`` x
-batches per epoch.
+batches per epoch. ``class_weights="balanced"`` weighs the cross-entropy by each
+class's pixel share ``** -0.5``; ``label_smoothing`` smooths it. DeepLab's recipe
+(SGD, momentum 0.9, weight decay 5e-4, lr 1e-3, fc8 at 10x, no warm-up, step
+schedule) is ``benchmarks/voc2012/configs/segment-largefov.yaml``.
 
 After each epoch (and at the last iteration): mIoU on ``val_split`` at the
 images' own size (``val_miou``; ``val_miou_crf`` after DeepLab-v1 dense-CRF
@@ -146,15 +152,65 @@ def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def lr_factor(cfg: SegmentConfig, total: int):
-    """The schedule's factor of the base LR at iteration t (see the module doc)."""
+    """The schedule's factor of the peak LR at iteration t (see the module doc): poly,
+    cosine or step over ``total`` iterations, times a linear warm-up ``(t + 1) / W`` over
+    the first ``W = cfg.warmup(total)`` iterations."""
     every = cfg.step_size or max(1, total // 4)
+    warm = cfg.warmup(total)
 
     def factor(t: int) -> float:
+        progress = min(t, total) / total
         if cfg.schedule == "poly":
-            return (1 - min(t, total) / total) ** cfg.poly_power
-        return cfg.step_gamma ** (t // every)
+            f = (1 - progress) ** cfg.poly_power
+        elif cfg.schedule == "cosine":
+            f = 0.5 * (1 + math.cos(math.pi * progress))
+        else:
+            f = cfg.step_gamma ** (t // every)
+        if warm and t < warm:
+            f *= (t + 1) / warm
+        return f
 
     return factor
+
+
+def param_groups(spec: SegmenterSpec, model: nn.Module, cfg: SegmentConfig) -> list[dict]:
+    """The segmenter's optimizer groups: its spec's (body at ``lr``, last classifier layer at
+    ``head_lr_mult * lr``) with the encoder (an smp model's ``encoder``, DeepLab-LargeFOV's
+    VGG ``features``) split off at ``encoder_factor() * lr``."""
+    groups = spec.param_groups(model, cfg.lr, cfg.head_lr_mult)
+    encoder = getattr(model, "encoder", None) or getattr(model, "features", None)
+    factor = cfg.encoder_factor()
+    if not isinstance(encoder, nn.Module) or factor == 1.0:
+        return groups
+    ids = {id(p) for p in encoder.parameters()}
+    body = groups[0]["params"]
+    groups[0] = {"params": [p for p in body if id(p) not in ids], "lr": cfg.lr}
+    groups.insert(0, {"params": [p for p in body if id(p) in ids], "lr": cfg.lr * factor})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg: SegmentConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW (the default) or SGD with ``momentum`` over ``groups``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def balanced_class_weights(train_set: SegmentationSet, num_classes: int) -> torch.Tensor:
+    """``(N,)`` cross-entropy weights ``share_c ** -0.5`` from the pixel shares of the training
+    label maps (255 ignored; a class that never occurs gets weight 0), scaled so that the
+    average weight over the training pixels is 1."""
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for i in range(len(train_set)):
+        _, label = train_set.load(i)
+        valid = label[label != IGNORE]  # load() checked the values: 0..num_classes - 1
+        counts += np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
+    if counts.sum() == 0:
+        raise AttnGuideError("--class-weights balanced found no labelled pixel in the training labels")
+    share = counts / counts.sum()
+    weights = np.where(share > 0, np.power(np.maximum(share, 1e-12), -0.5), 0.0)
+    weights /= float((weights * share).sum())
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 
@@ -229,13 +285,14 @@ class SegmentTrainer(Loop):
         module = Stride8Logits(self.model, self.spec) if cfg.mode == "sec" else self.model
         self.module: nn.Module = self.wrap_ddp(module)
         self.crf_pool: CRFPool | None = None  # the constrain loss's CRFs (--mode sec), started on first use
-        groups = self.spec.param_groups(self.model, cfg.lr, cfg.head_lr_mult)
-        self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, param_groups(self.spec, self.model, cfg))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.total_steps))
         self.scaler = self.make_scaler()
         self.sums = torch.zeros(2 + len(self.loss_parts), dtype=torch.float64, device=self.device)
         self.best_metric = "val_miou"
+        self.class_weights = None
+        if cfg.mode == "pseudo" and cfg.class_weights == "balanced":
+            self.class_weights = balanced_class_weights(self.train_set, len(self.class_names)).to(self.device)
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -295,7 +352,9 @@ class SegmentTrainer(Loop):
         if self.cfg.mode == "sec":
             loss, parts = self._sec_loss(logits, labels, batch["labels"].to(device), images)
         else:
-            loss, parts = F.cross_entropy(logits, labels, ignore_index=IGNORE), []
+            loss = F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=IGNORE,
+                                   label_smoothing=self.cfg.label_smoothing)
+            parts = []
             if not torch.isfinite(loss) and bool((labels == IGNORE).all()):
                 loss = logits.sum() * 0.0  # a batch with every pixel ignored: no signal
         if not torch.isfinite(loss):

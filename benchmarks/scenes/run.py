@@ -127,12 +127,15 @@ ROWS = {
                          {"guidance": "swap", "pixel_labels": "100%", "train_split": "train_unbiased"}),
     "oracle": ("oracle (trained without the shortcut)",
                {"guidance": "none", "train_split": "train_unbiased"}),
+    # No classifier: the segmenter of --segment trained on the true masks (the upper bound).
+    "truemasks": ("segmenter on the true masks (upper bound)", {}),
 }
+TRUE_MASKS = "truemasks"
 
 # --preset NAME: scenes and training settings of a named experiment (before --scenes/--set).
 PRESETS = {
     # `attnguide demo`'s scale: multi-label scenes whose background goes with the class in train
-    # (water with boats) and not in val/test; resnet18, 64 px, 6 epochs. Each run (classifier,
+    # (water with boats) and not in val/test; resnet10t, 64 px, 6 epochs. Each run (classifier,
     # pseudo labels, segmenter) takes a couple of minutes on 2 CPU cores.
     "demo": ({k: v for k, v in DEMO_SCENES.items() if k != "seed"}, DEMO_CLASSIFIER),
     # Issue 7's decoy: single-label, shared colours (only the shape names the class), a corner
@@ -199,9 +202,10 @@ def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
             "pseudo_miou_crf": res.crf_metrics.miou if res.crf_metrics else None}
 
 
-def segmenter_metrics(run: Path, data: Path, device: str) -> dict:
-    """Test mIoU of a small segmenter trained on the run's CRF pseudo labels (the demo's
-    segmenter settings: U-Net/resnet18 from scratch, 64 px crops)."""
+def segmenter_metrics(run: Path, data: Path, device: str, true_masks: bool = False) -> dict:
+    """Test mIoU of a small segmenter trained on the run's CRF pseudo labels, or on the true
+    masks (the demo's segmenter: U-Net/tu-resnet10t from scratch, 64 px crops, segment's
+    defaults)."""
     from attnguide.tasks.demo import SEGMENTER
     from attnguide.tasks.evaluate import evaluate_predictions
     from attnguide.tasks.prediction import predict
@@ -209,17 +213,23 @@ def segmenter_metrics(run: Path, data: Path, device: str) -> dict:
 
     seg = run / "segmenter"
     resume = str(seg) if (seg / "last.pt").exists() else None  # a killed run goes on; a finished one stops
-    segment(SegmentConfig(data=str(data), labels=str(run / "pseudo" / "crf"), out=str(seg),
+    labels = "gt" if true_masks else str(run / "pseudo" / "crf")
+    segment(SegmentConfig(data=str(data), labels=labels, out=str(seg),
                           val_split="", device=device, quiet=True, resume=resume, **SEGMENTER))
     pred = seg / "test_predictions"
     predict(seg / "last.pt", pred, data=str(data), split="test", device=device, quiet=True)
     return {"segmenter_miou": evaluate_predictions(pred, data=str(data), split="test").miou}
 
 
-def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool) -> None:
+def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool,
+              true_masks: bool = False) -> None:
     """Add the columns the run's test_metrics.json lacks (all of them for a new run): test
-    metrics, and with ``pseudo`` / ``segment`` the pseudo-label and segmenter mIoU."""
+    metrics, and with ``pseudo`` / ``segment`` the pseudo-label and segmenter mIoU;
+    ``true_masks``: only the segmenter, trained on the true masks (no classifier)."""
     done_file = run / "test_metrics.json"
+    if true_masks:
+        write_json(done_file, segmenter_metrics(run, data, device, true_masks=True))
+        return
     metrics = json.loads(done_file.read_text()) if done_file.exists() else test_metrics(run, data, device)
     if (pseudo or segment) and "pseudo_miou" not in metrics:
         metrics.update(pseudo_metrics(run, data, device, crf=True))
@@ -298,11 +308,14 @@ def main(argv=None) -> None:
     p.add_argument("--write", action="store_true",
                    help="put the table in benchmarks/RESULTS.md, replacing the run of the same preset, "
                         "rows and settings (moved to benchmarks/history/)")
+    p.add_argument("--true-masks", action="store_true", help=argparse.SUPPRESS)  # --score: row truemasks
     p.add_argument("--score", type=Path, default=None, help=argparse.SUPPRESS)  # one run's columns (a job's 2nd step)
     args = p.parse_args(argv)
     if args.score:
-        score_run(args.score, args.data, args.device, args.pseudo, args.segment)
+        score_run(args.score, args.data, args.device, args.pseudo, args.segment, args.true_masks)
         return
+    if TRUE_MASKS in args.rows and not args.segment:
+        raise SystemExit(f"row {TRUE_MASKS} is a segmenter on the true masks: pass --segment")
     args.pseudo = args.pseudo or args.segment
     columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else []) + (SEGMENT_COLUMNS if args.segment else [])
 
@@ -341,7 +354,11 @@ def main(argv=None) -> None:
         done_file = run / "test_metrics.json"
         trained = False
         t0 = time.time()
-        if args.rerun or not done_file.exists():
+        if row == TRUE_MASKS:  # no classifier to train
+            run.mkdir(parents=True, exist_ok=True)
+            if args.rerun:
+                done_file.unlink(missing_ok=True)
+        elif args.rerun or not done_file.exists():
             done_file.unlink(missing_ok=True)
             run.mkdir(parents=True, exist_ok=True)
             cmd = train_command(data, run, {**common, **ROWS[row][1]}, seed, args.device)
@@ -350,16 +367,18 @@ def main(argv=None) -> None:
                     raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
             trained = True
         wanted = [k for k, _ in columns if k != "segmenter_miou" or seed in segment_seeds]
+        if row == TRUE_MASKS:
+            wanted = ["segmenter_miou"] if seed in segment_seeds else []
         have = json.loads(done_file.read_text()) if done_file.exists() else {}
         scored = any(k not in have for k in wanted)
         if scored:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--score", str(run), "--data", str(data),
-                   "--device", args.device] + ["--pseudo"] * args.pseudo + ["--segment"] * (args.segment and seed in segment_seeds)
+                   "--device", args.device] + ["--pseudo"] * args.pseudo + ["--segment"] * (args.segment and seed in segment_seeds) + ["--true-masks"] * (row == TRUE_MASKS)
             with (run / "score.log").open("w") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
                     raise SystemExit(f"scoring {row} seed {seed} failed; see {run}/score.log")
             have = json.loads(done_file.read_text())
-        if trained:
+        if trained or (row == TRUE_MASKS and scored):
             have["seconds"] = time.time() - t0
             write_json(done_file, have)
         return have, trained, scored

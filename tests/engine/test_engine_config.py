@@ -78,7 +78,7 @@ def test_saved_config_round_trips(tmp_path):
 def test_resume_base_sits_between_defaults_and_file(tmp_path):
     run = tmp_path / "run"
     base = TrainConfig(data="d", epochs=2, lr=0.5, batch_size=4, out="elsewhere").to_dict()
-    save_checkpoint({"config": base}, run / "last.pt")
+    save_checkpoint({"kind": "classifier", "model_name": "resnet18", "config": base}, run / "last.pt")
     cfg_file = tmp_path / "more.yaml"
     cfg_file.write_text("lr: 0.25\n")
     cfg = config_from_options({"resume": str(run), "epochs": 6}, cfg_file)
@@ -123,3 +123,15 @@ def test_segment_resume_base_drops_the_length_the_command_line_replaces(tmp_path
     save_checkpoint({"config": base, "model_name": "resnet18"}, tmp_path / "cls" / "last.pt")
     with pytest.raises(AttnGuideError, match="not a segmenter"):
         config_from_options({"resume": str(tmp_path / "cls")})
+
+
+def test_a_segment_run_from_before_the_optimiser_options_resumes_with_sgd(tmp_path):
+    from attnguide.engine.segment_config import SegmentConfig, config_from_options
+
+    old = SegmentConfig(data="d", labels="gt", epochs=2).to_dict()
+    for key in ("optimizer", "warmup_iterations", "encoder_lr_mult", "class_weights", "label_smoothing"):
+        old.pop(key)
+    save_checkpoint({"kind": "segmenter", "config": old}, tmp_path / "seg" / "last.pt")
+    cfg = config_from_options({"resume": str(tmp_path / "seg")})
+    assert (cfg.optimizer, cfg.warmup_iterations, cfg.encoder_lr_mult) == ("sgd", 0, 1.0)
+    assert SegmentConfig().optimizer == "adamw"  # new runs get the new defaults

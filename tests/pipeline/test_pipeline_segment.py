@@ -66,8 +66,12 @@ def test_resume_continues_and_matches_an_uninterrupted_run(scenes, pseudo, tmp_p
 
 
 def test_deeplab_largefov_on_ground_truth_with_10x_head_lr(scenes, tmp_path):
+    # the paper's recipe, as benchmarks/voc2012/configs/segment-largefov.yaml spells it
     trainer = SegmentTrainer(_cfg(scenes, "gt", tmp_path / "dl", arch="deeplab-largefov", encoder=None,
-                                  crop_size=24, batch_size=2, iterations=1, lr=1e-3, schedule="step"))
+                                  crop_size=24, batch_size=2, iterations=1, lr=1e-3, schedule="step",
+                                  optimizer="sgd", head_lr_mult=10, encoder_lr_mult=1.0,
+                                  warmup_iterations=0))
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
     lrs = [g["lr"] for g in trainer.optimizer.param_groups]
     assert lrs == pytest.approx([1e-3, 1e-2])
     assert trainer.optimizer.param_groups[1]["params"][0] is trainer.model.classifier.weight
@@ -148,3 +152,62 @@ def test_segmenter_checkpoint_is_not_a_classifier_run(tmp_path):
     save_checkpoint({"kind": "segmenter", "model": {}}, tmp_path / "last.pt")
     with pytest.raises(AttnGuideError, match="segmenter checkpoint, not a classifier run"):
         load_model(tmp_path / "last.pt")
+
+
+def test_defaults_adamw_encoder_split_warmup_and_poly(scenes, tmp_path):
+    from attnguide.engine.segmenter import lr_factor
+
+    cfg = _cfg(scenes, "gt", tmp_path / "d", iterations=40, lr=2e-3, encoder_lr_mult=0.1, head_lr_mult=2)
+    trainer = SegmentTrainer(cfg)
+    opt = trainer.optimizer
+    assert isinstance(opt, torch.optim.AdamW)
+    # encoder at 0.1x, decoder at 1x, segmentation head at 2x; every parameter in one group
+    enc = {id(p) for p in trainer.model.encoder.parameters()}
+    head = {id(p) for p in trainer.model.segmentation_head.parameters()}
+    peak = [g["initial_lr"] for g in opt.param_groups]
+    assert peak == pytest.approx([2e-4, 2e-3, 4e-3])
+    assert {id(p) for p in opt.param_groups[0]["params"]} == enc
+    assert {id(p) for p in opt.param_groups[2]["params"]} == head
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(trainer.model.parameters()))
+    # warm-up: 5 % of 40 iterations = 2, then poly
+    f = lr_factor(cfg, 40)
+    assert [f(0), f(1)] == pytest.approx([0.5 * (1 - 0 / 40) ** 0.9, (1 - 1 / 40) ** 0.9])
+    assert f(20) == pytest.approx(0.5 ** 0.9) and f(40) == 0.0
+    cos = lr_factor(_cfg(scenes, "gt", tmp_path / "c", schedule="cosine", warmup_iterations=0), 10)
+    assert [cos(0), cos(5), cos(10)] == pytest.approx([1.0, 0.5, 0.0])
+    # without pretrained weights the encoder learns at the decoder's rate (one group fewer)
+    plain = SegmentTrainer(_cfg(scenes, "gt", tmp_path / "p"))
+    assert [g["lr"] for g in plain.optimizer.param_groups] == pytest.approx([1e-2, 1e-2])
+    assert _cfg(scenes, "gt", tmp_path, weights="w.pth").encoder_factor() == 0.1
+
+
+def test_balanced_class_weights_and_label_smoothing_train(scenes, pseudo, tmp_path):
+    from attnguide.engine.segmenter import balanced_class_weights
+
+    trainer = SegmentTrainer(_cfg(scenes, pseudo / "crf", tmp_path / "b", class_weights="balanced",
+                                  label_smoothing=0.1, val_split=""))
+    w = trainer.class_weights.cpu().numpy()
+    counts = np.zeros(6)
+    for i in range(len(trainer.train_set)):
+        label = trainer.train_set.load(i)[1]
+        counts += np.bincount(label[label != 255].ravel(), minlength=6)[:6]
+    share = counts / counts.sum()
+    assert (w[share == 0] == 0).all()
+    seen = share > 0
+    assert np.allclose(w[seen] * np.sqrt(share[seen]), w[seen][0] * np.sqrt(share[seen][0]), rtol=1e-5)
+    assert float((w * share).sum()) == pytest.approx(1.0, rel=1e-5)
+    assert np.argmax(w) == np.argmin(np.where(seen, share, np.inf))  # the rarest class weighs most
+    assert torch.equal(balanced_class_weights(trainer.train_set, 6), trainer.class_weights.cpu())
+    result = trainer.fit()
+    assert np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_bad_optimisation_options(scenes, pseudo, tmp_path):
+    for kw, match in [({"optimizer": "adam"}, "--optimizer must be one of adamw, sgd"),
+                      ({"class_weights": "inverse"}, "--class-weights must be one of none, balanced"),
+                      ({"label_smoothing": 1.0}, "--label-smoothing must lie in"),
+                      ({"warmup_iterations": -1}, "--warmup-iterations must be >= 0"),
+                      ({"encoder_lr_mult": -0.5}, "--encoder-lr-mult must be >= 0"),
+                      ({"schedule": "linear"}, "--schedule must be one of poly, cosine, step")]:
+        with pytest.raises(AttnGuideError, match=match):
+            _cfg(scenes, pseudo, tmp_path, **kw).validate()

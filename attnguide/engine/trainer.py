@@ -82,6 +82,23 @@ def _pixel_labels(value: str | None) -> int | str | None:
     return text
 
 
+def open_splits(cfg: TrainConfig):
+    """The training split (augmented, its pixel-label draw) and the validation split (plain,
+    the training split's data mode; None without ``val_split``) of a run, as every training
+    front end (the engine, Lightning, Accelerate) opens them."""
+    train_ds = open_dataset(cfg.data, cfg.train_split, cfg.image_size, train=True,
+                            pixel_labels=_pixel_labels(cfg.pixel_labels), seed=cfg.seed,
+                            mode=cfg.data_mode)
+    val_ds = None
+    if cfg.val_split:
+        val_ds = open_dataset(cfg.data, cfg.val_split, cfg.image_size, train=False,
+                              pixel_labels=None, seed=cfg.seed,
+                              mode="multi" if train_ds.multilabel else "single")
+        if list(val_ds.class_names) != list(train_ds.class_names):
+            raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
+    return train_ds, val_ds
+
+
 def _mask_words(ds, cfg: TrainConfig) -> str:
     """What the training split offers L_e: "has pixel masks", "has no pixel masks", or
     "has 12 masks of which --pixel-labels 0 selects none"."""
@@ -107,18 +124,9 @@ class Trainer(Loop):
 
     def _build(self, cfg: TrainConfig) -> None:
         # ---- data
-        self.train_ds = open_dataset(cfg.data, cfg.train_split, cfg.image_size, train=True,
-                                     pixel_labels=_pixel_labels(cfg.pixel_labels), seed=cfg.seed,
-                                     mode=cfg.data_mode)
+        self.train_ds, self.val_ds = open_splits(cfg)
         self.class_names = list(self.train_ds.class_names)
         self.multilabel = bool(self.train_ds.multilabel)
-        self.val_ds = None
-        if cfg.val_split:
-            self.val_ds = open_dataset(cfg.data, cfg.val_split, cfg.image_size, train=False,
-                                       pixel_labels=None, seed=cfg.seed,
-                                       mode="multi" if self.multilabel else "single")
-            if list(self.val_ds.class_names) != self.class_names:
-                raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
         # said when training starts, not before a set-up error
         self.auto_note = resolve_auto(cfg, bool(self.train_ds.pixel_labelled))
         masks = _mask_words(self.train_ds, cfg)

@@ -34,13 +34,12 @@ from attnguide.core.guidance import guide_kwargs
 from attnguide.core.guide import GuidedAttention, extract_logits
 from attnguide.core.hooks import eval_mode
 from attnguide.core.losses import classification_loss
-from attnguide.data import open_dataset
 from attnguide.engine.config import TrainConfig, needs_masks, resolve_auto
 from attnguide.engine.loader import EpochBatchSampler, make_loader
 from attnguide.engine.metrics import accuracy, mean_average_precision
 from attnguide.engine.optim import build_optimizer, build_scheduler
 from attnguide.engine.state import seed_everything
-from attnguide.engine.trainer import _pixel_labels
+from attnguide.engine.trainer import open_splits
 from attnguide.errors import AttnGuideError
 from attnguide.metrics import AttentionArea, AttentionInside, CamMIoU, PointingGame, gt_classes
 from attnguide.models.classifiers import create_model
@@ -137,16 +136,9 @@ def build(cfg: TrainConfig | dict[str, Any] | None = None, classifier: nn.Module
         raise AttnGuideError("resume is the engine's (attnguide train --resume); in Lightning pass "
                              "ckpt_path= to Trainer.fit, with Accelerate use accelerator.load_state")
     seed_everything(cfg.seed)
-    train_ds = open_dataset(cfg.data, cfg.train_split, cfg.image_size, train=True,
-                            pixel_labels=_pixel_labels(cfg.pixel_labels), seed=cfg.seed, mode=cfg.data_mode)
+    train_ds, val_ds = open_splits(cfg)
     class_names = list(train_ds.class_names)
     multilabel = bool(train_ds.multilabel)
-    val_ds = None
-    if cfg.val_split:
-        val_ds = open_dataset(cfg.data, cfg.val_split, cfg.image_size, train=False, pixel_labels=None,
-                              seed=cfg.seed, mode="multi" if multilabel else "single")
-        if list(val_ds.class_names) != class_names:
-            raise AttnGuideError(f"splits {cfg.train_split!r} and {cfg.val_split!r} have different classes")
     resolve_auto(cfg, bool(train_ds.pixel_labelled))
     if needs_masks(cfg.guidance) and not train_ds.pixel_labelled:
         raise AttnGuideError(f"guidance {cfg.guidance} needs pixel masks, but no image of split "

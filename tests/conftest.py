@@ -10,6 +10,16 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread for every test module, restored after it: a test that changes
+    the count (or code under test that does) cannot slow the modules after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

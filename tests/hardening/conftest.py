@@ -10,17 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 SIZE = 48
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -7,21 +7,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 # The CAM layer of the tiny classifier: layer3 has stride 16, so even the 0.5
 # scale of a 48 px image gives a 2x2 map (layer4 would give 1x1).
 LAYER = "layer3"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the test machine's 2 cores are shared, and two threads
-    per process under contention make tiny convolutions 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

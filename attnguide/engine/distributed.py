@@ -19,6 +19,8 @@ from attnguide.errors import AttnGuideError
 
 @dataclass
 class DistInfo:
+    """This process's place in the torchrun process group (one process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -80,6 +82,32 @@ def resolve_device(name: str) -> torch.device:
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``values`` summed over the processes, in place (unchanged in one process)."""
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def shard(count: int, info: DistInfo) -> range:
+    """This process's items of ``count`` (0..count-1): every ``world_size``-th from its rank.
+
+    The ranks' slices are disjoint and together cover every item; each slice is as even as
+    possible (sizes differ by at most one), so a split sorted by size stays balanced.
+    """
+    return range(info.rank, count, info.world_size)
+
+
+def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``values``' maximum over the processes, in place (unchanged in one process)."""
+    if info.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+def gather_objects(value, info: DistInfo) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every process (``[value]`` alone)."""
+    if not info.enabled:
+        return [value]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, value)
+    return out

@@ -10,14 +10,27 @@ Files::
     OUT/overlay/<name>.png      with overlay: the label colours over the image
     OUT/crf/<name>.png          with crf: dense-CRF post-processed label map
 
+    OUT/predict.json            what the run did: images, written, skipped, seconds,
+                                processes, config (checkpoint, overlay, crf, ...)
+
 ``<name>`` is the image's file stem for ``images``, the sample name for a data
 set split (``data`` + ``split``), so ``attnguide evaluate --pred OUT`` can
 score a split's predictions.
+
+Every file is written atomically. ``resume`` skips an image whose files all
+exist, after removing the temporary files a killed writer left
+(:func:`attnguide.io.atomic.clean_stale`), and refuses a folder predicted by
+another checkpoint or with other CRF settings. Under ``torchrun --nproc_per_node
+N -m attnguide predict ...`` each process predicts every N-th image from its rank
+(a disjoint slice; the files are byte-identical to one process's) and rank 0
+writes ``predict.json`` for the whole run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +42,16 @@ from attnguide.constants import BACKGROUND, IMAGENET_MEAN, IMAGENET_STD
 from attnguide.data import open_dataset
 from attnguide.data.io import read_rgb
 from attnguide.data.segmentation import label_path, to_input
-from attnguide.engine.distributed import resolve_device
+from attnguide.engine.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    gather_objects,
+    resolve_device,
+    setup_distributed,
+    shard,
+)
 from attnguide.errors import AttnGuideError
+from attnguide.io.atomic import clean_stale
 from attnguide.io.checkpoints import SEGMENTER, read_checkpoint, resolve_checkpoint
 from attnguide.io.labels import save_label_png, save_overlay
 from attnguide.models.segmenters import (  # noqa: F401 - input_multiple, predict_logits re-exported
@@ -39,11 +60,25 @@ from attnguide.models.segmenters import (  # noqa: F401 - input_multiple, predic
     predict_logits,
     segmenter_spec,
 )
-from attnguide.tasks.common import check_class_lists, make_console, progress_bar
+from attnguide.tasks.common import check_class_lists, make_console, progress_bar, write_json
 from attnguide.wsss.crf import CRFPool, parse_crf_params, require_crf
 from attnguide.wsss.crf_jobs import refine_scores
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+REPORT_FILE = "predict.json"
+# settings that change the files; a resumed run must use the same ones
+_PREDICT_SETTINGS = ("checkpoint", "crf_params")
+
+
+class Predictions(list):
+    """What :func:`predict` returns: the label-map files written now (a list of Paths,
+    the images' order) with the run's counts as attributes: ``images`` (all images),
+    ``skipped`` (found done with ``resume``), ``seconds`` (wall time), ``processes``."""
+
+    images: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    processes: int = 1
 
 
 @dataclass
@@ -124,7 +159,8 @@ def list_images(images: str | Path | list[str | Path]) -> list[tuple[str, Path]]
 
 def predict(run: str | Path, out: str | Path, images=None, *, data: str | None = None,
             split: str = "val", overlay: bool = False, crf: bool = False, crf_params: str = "deeplab",
-            workers: int = 0, device: str = "auto", quiet: bool = False, console=None) -> list[Path]:
+            workers: int = 0, resume: bool = False, device: str = "auto", quiet: bool = False,
+            console=None) -> Predictions:
     """Write label maps of ``images`` (folder or files) or of a data set split.
 
     Args:
@@ -135,9 +171,11 @@ def predict(run: str | Path, out: str | Path, images=None, *, data: str | None =
         overlay: also write colour overlays to ``OUT/overlay/``.
         crf: also write dense-CRF post-processed maps to ``OUT/crf/`` (DeepLab-v1
             parameters by default, ``crf_params``), ``workers`` processes.
+        resume: skip images whose files (label map, overlay, CRF map as asked) exist.
 
     Returns:
-        The label-map files written.
+        The label-map files written (under torchrun: by all processes), a
+        :class:`Predictions` list that also carries the counts.
     """
     if (images is None) == (data is None):
         raise AttnGuideError("pass either --images DIR_OR_FILES or --data PATH (with --split)")
@@ -145,36 +183,100 @@ def predict(run: str | Path, out: str | Path, images=None, *, data: str | None =
     if crf:
         require_crf("--crf")
     console = console or make_console()
-    seg = load_segmenter(run, resolve_device(device))
-    if data is not None:
-        ds = open_dataset(data, split, train=False, require_labels=False)
-        check_class_lists(seg.class_names[1:], ds.class_names, f"segmenter {seg.checkpoint}",
-                          f"data set {ds.root}")
-        if seg.class_names[0] != BACKGROUND:  # pragma: no cover - written by segment
-            raise AttnGuideError(f"{seg.checkpoint}: first class must be background")
-        items = [(s.name, s.image_path) for s in ds.samples]
-    else:
-        items = list_images(images)
-    out = Path(out)
-    written: list[Path] = []
+    where = resolve_device(device)
+    info = setup_distributed(where)
+    try:
+        seg = load_segmenter(run, where)
+        if data is not None:
+            ds = open_dataset(data, split, train=False, require_labels=False)
+            check_class_lists(seg.class_names[1:], ds.class_names, f"segmenter {seg.checkpoint}",
+                              f"data set {ds.root}")
+            if seg.class_names[0] != BACKGROUND:  # pragma: no cover - written by segment
+                raise AttnGuideError(f"{seg.checkpoint}: first class must be background")
+            items = [(s.name, s.image_path) for s in ds.samples]
+        else:
+            items = list_images(images)
+        out = Path(out)
+        config = {"checkpoint": str(Path(seg.checkpoint).resolve()), "arch": seg.arch,
+                  "encoder": seg.encoder, "images": None if images is None else
+                  [str(p) for p in ([images] if isinstance(images, (str, Path)) else images)],
+                  "data": data, "split": split if data is not None else None, "overlay": overlay,
+                  "crf": crf, "crf_params": asdict(params) if params else None}
+        _check_report(out, config, resume)
+        if info.is_main:
+            clean_stale(out)  # temporary files of a killed run (never a running writer's)
+        result = _predict_slice(seg, out, [items[i] for i in shard(len(items), info)], overlay=overlay,
+                                params=params, workers=workers, resume=resume, console=console,
+                                quiet=quiet or not info.is_main)
+        written = [p for part in gather_objects([str(p) for p in result], info) for p in part]
+        counts = all_reduce_sum(torch.tensor([result.skipped], dtype=torch.int64), info)
+        seconds = all_reduce_max(torch.tensor([result.seconds], dtype=torch.float64), info)
+        order = {str(label_path(out, name)): k for k, (name, _) in enumerate(items)}
+        merged = Predictions(Path(p) for p in sorted(written, key=order.__getitem__))
+        merged.images, merged.skipped = len(items), int(counts[0])
+        merged.seconds, merged.processes = float(seconds[0]), info.world_size
+        if info.is_main:
+            write_json(out / REPORT_FILE, {
+                "images": merged.images, "written": len(merged), "skipped": merged.skipped,
+                "seconds": merged.seconds,
+                "images_per_s": len(merged) / merged.seconds if merged.seconds > 0 else None,
+                "processes": merged.processes, "config": config})
+        info.barrier()  # predict.json is there when any process returns
+        return merged
+    finally:
+        info.close()
+
+
+def _predict_slice(seg: Segmenter, out: Path, items: list[tuple[str, Path]], *, overlay: bool, params,
+                   workers: int, resume: bool, console, quiet: bool) -> Predictions:
+    """Predict ``items`` (this process's share) into ``out``."""
+    written = Predictions()
     values = np.arange(len(seg.class_names), dtype=np.uint8)
-    with CRFPool(workers if crf else 0) as pool, progress_bar(len(items), "predict", console, quiet) as advance:
+    start = time.perf_counter()
+    with CRFPool(workers if params else 0) as pool, progress_bar(len(items), "predict", console, quiet) as advance:
         jobs = []
         for name, path in items:
+            target = label_path(out, name)
+            files = [target]
+            if overlay:
+                files.append(label_path(out / "overlay", name))
+            if params:
+                files.append(label_path(out / "crf", name))
+            if resume and all(f.is_file() for f in files):
+                written.skipped += 1
+                advance()
+                continue
             image = read_rgb(path)
             label, probs = seg.predict(image)
-            target = label_path(out, name)
             save_label_png(target, label)
             written.append(target)
             if overlay:
-                save_overlay(label_path(out / "overlay", name), image, label)
-            if crf:
-                jobs.append((image, probs.astype(np.float32), values, params,
-                             str(label_path(out / "crf", name))))
+                save_overlay(files[1], image, label)
+            if params:
+                jobs.append((image, probs.astype(np.float32), values, params, str(files[-1])))
                 if len(jobs) >= max(8, 4 * workers):
                     pool.map(refine_scores, jobs)
                     jobs = []
             advance()
         if jobs:
             pool.map(refine_scores, jobs)
+    written.seconds = time.perf_counter() - start
     return written
+
+
+def _check_report(out: Path, config: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume into a folder predicted by another checkpoint or CRF settings."""
+    path = out / REPORT_FILE
+    if not (resume and path.is_file()):
+        return
+    try:
+        before = json.loads(path.read_text()).get("config") or {}
+    except (ValueError, AttributeError):
+        before = {}
+    changed = [k for k in _PREDICT_SETTINGS if k in before and before[k] != config.get(k)
+               and not (k == "crf_params" and (before[k] is None or config.get(k) is None))]
+    if changed:
+        shown = "; ".join(f"{k} {before[k]!r} -> {config.get(k)!r}" for k in changed)
+        raise AttnGuideError(
+            f"{out} holds predictions made with other settings ({shown}); --resume needs the same "
+            "segmenter and CRF options, or write to another --out")

@@ -29,7 +29,16 @@ Files (names are the data set's sample names, so ``attnguide evaluate`` and
                             "per_class", ...) and with CRF ("crf": {...})
 
 Every file is written atomically; ``resume`` skips an image whose files all
-exist (its labels are read back, so the metrics still cover the whole split).
+exist (its labels are read back, so the metrics still cover the whole split) and
+first removes the temporary files a killed writer left (``.NAME...tmp``, see
+:func:`attnguide.io.atomic.clean_stale`).
+
+Under ``torchrun --nproc_per_node N -m attnguide pseudo-label ...`` each process
+labels every N-th image from its rank (a disjoint slice; each image's files do
+not depend on which process made them, so they are byte-identical to one
+process's); the confusion matrices and counts are summed and rank 0 alone
+writes ``metrics.json`` and prints the table. ``resume`` works per file, with
+any number of processes.
 """
 
 from __future__ import annotations
@@ -44,10 +53,17 @@ import torch
 
 from attnguide.constants import BACKGROUND
 from attnguide.data import open_dataset
-from attnguide.engine.distributed import resolve_device
+from attnguide.engine.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    resolve_device,
+    setup_distributed,
+    shard,
+)
 from attnguide.engine.options import Options
 from attnguide.errors import AttnGuideError
-from attnguide.io.atomic import atomic_write
+from attnguide.io.atomic import atomic_write, clean_stale
 from attnguide.io.labels import load_label_png, save_label_png
 from attnguide.models.trained import load_model
 from attnguide.tasks.common import (
@@ -119,12 +135,20 @@ class PseudoLabelResult:
     """What :func:`pseudo_label` did.
 
     Attributes:
-        out: the output folder. images: images in the split. written / skipped:
-        labelled now / found done (``resume``). seconds: wall time of the
-        labelling loop; images_per_s: ``written / seconds``; cam_seconds and
-        crf_seconds: time in CAM extraction and waiting for CRFs.
-        metrics / crf_metrics: :class:`~attnguide.wsss.evaluate.SegMetrics` over
-        the images with masks (None without masks, or without CRF).
+        out: the output folder.
+        images: images in the split.
+        written: images labelled now.
+        skipped: images found done (``resume``).
+        seconds: wall time of the labelling loop (under torchrun: the slowest process's).
+        cam_seconds: time in CAM extraction.
+        crf_seconds: time waiting for CRFs.
+        metrics: :class:`~attnguide.wsss.evaluate.SegMetrics` over the images with masks
+            (None without masks).
+        crf_metrics: the same for the CRF-refined labels (None without masks or CRF).
+        processes: the processes that shared the split (torchrun's WORLD_SIZE); the counts
+            and metrics cover all of them.
+        config: the options and settings of the run (``pseudo_label.json``).
+        images_per_s: ``written / seconds``.
     """
 
     out: Path
@@ -136,6 +160,7 @@ class PseudoLabelResult:
     crf_seconds: float = 0.0
     metrics: Any = None
     crf_metrics: Any = None
+    processes: int = 1
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,6 +177,7 @@ class PseudoLabelResult:
             "skipped": self.skipped,
             "seconds": self.seconds,
             "images_per_s": self.images_per_s,
+            "processes": self.processes,
             "config": self.config,
         })
         return out
@@ -211,14 +237,26 @@ class _Labeller:
 def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
     """Write pseudo labels for a split (see the module doc); return counts, timing, mIoU.
 
+    Under torchrun every process labels its slice of the split and gets the merged
+    result (counts and metrics of the whole split); rank 0 writes ``metrics.json``.
+
     Example:
         >>> res = pseudo_label(PseudoLabelConfig(run="runs/ext", data="data/scenes",   # doctest: +SKIP
         ...                                      out="pseudo", crf=True, workers=2))
         >>> res.metrics.miou, res.crf_metrics.miou, res.images_per_s
     """
     cfg.validate()
-    console = console or make_console()
     device = resolve_device(cfg.device)
+    info = setup_distributed(device)
+    try:
+        return _pseudo_label(cfg, console, device, info)
+    finally:
+        info.close()
+
+
+def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: DistInfo) -> PseudoLabelResult:
+    quiet = cfg.quiet or not info.is_main
+    console = console or make_console()
     trained = load_model(cfg.run, device=device)  # refuses a segmenter run, naming it
     ds = open_dataset(cfg.data, cfg.split, image_size=trained.image_size, train=False, require_labels=False)
     check_class_lists(trained.class_names, ds.class_names, f"classifier {trained.checkpoint}",
@@ -230,7 +268,7 @@ def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
     plain, refined = ConfusionMatrix(names), ConfusionMatrix(names)
     has_gt = False
     labeller = _Labeller(cfg, trained, device)
-    result = PseudoLabelResult(out=out, images=len(ds), config={
+    result = PseudoLabelResult(out=out, images=len(ds), processes=info.world_size, config={
         **asdict(cfg), "scales": list(cfg.scales), "checkpoint": str(Path(trained.checkpoint).resolve()),
         "layer": labeller.guide.layer_name, "crf_params": asdict(crf_params) if crf_params else None})
 
@@ -242,14 +280,18 @@ def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
             files.append(label_path(out / "cams", name, ".npz"))
         return files
 
-    _check_settings(out, result.config, cfg.resume)
+    # every rank checks (the same answer everywhere), rank 0 records the settings
+    _check_settings(out, result.config, cfg.resume, write=info.is_main)
+    if info.is_main:
+        clean_stale(out)  # temporary files of a killed run (never a running writer's)
+    mine = shard(len(ds), info)  # this process's images
     chunk = max(8, 4 * cfg.workers)  # images whose CRFs go to the pool together
     start = time.perf_counter()
     with CRFPool(cfg.workers if cfg.crf else 0) as pool, \
-            progress_bar(len(ds), "pseudo-label", console, cfg.quiet) as advance:
-        for first in range(0, len(ds), chunk):
+            progress_bar(len(mine), "pseudo-label", console, quiet) as advance:
+        for first in range(0, len(mine), chunk):
             jobs, gts = [], []
-            for i in range(first, min(first + chunk, len(ds))):
+            for i in mine[first:first + chunk]:
                 sample = ds.samples[i]
                 files = outputs(sample.name)
                 image, gt = ds.load_raw(i)
@@ -287,16 +329,38 @@ def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
                         refined.update(label, gt)
                 advance(len(jobs), ips=f"{result.written / (time.perf_counter() - start):.1f}")
     result.seconds = time.perf_counter() - start
+    has_gt = _merge(result, plain, refined, has_gt, info)
     if has_gt:
         result.metrics = plain.metrics()
         result.crf_metrics = refined.metrics() if cfg.crf else None
-        write_json(out / "metrics.json", result.to_json())
-        if not cfg.quiet:
+        if info.is_main:
+            write_json(out / "metrics.json", result.to_json())
+        if not quiet:
             columns = {"pseudo label": result.metrics}
             if result.crf_metrics is not None:
                 columns["+ CRF"] = result.crf_metrics
             console.print(metrics_table(columns, title=f"pseudo labels of {ds.split!r} vs ground truth"))
+    info.barrier()  # metrics.json is there when any process returns
     return result
+
+
+def _merge(result: PseudoLabelResult, plain: ConfusionMatrix, refined: ConfusionMatrix, has_gt: bool,
+           info: DistInfo) -> bool:
+    """Sum the processes' confusion matrices and counts (max of the times); -> any ground truth."""
+    if not info.enabled:
+        return has_gt
+    n = len(plain.class_names)
+    sums = torch.cat([torch.from_numpy(plain.confusion).flatten(),
+                      torch.from_numpy(refined.confusion).flatten(),
+                      torch.tensor([result.written, result.skipped, int(has_gt)], dtype=torch.int64)])
+    sums = all_reduce_sum(sums, info)
+    plain.confusion = sums[:n * n].reshape(n, n).numpy().copy()
+    refined.confusion = sums[n * n:2 * n * n].reshape(n, n).numpy().copy()
+    result.written, result.skipped = int(sums[-3]), int(sums[-2])
+    times = all_reduce_max(torch.tensor([result.seconds, result.cam_seconds, result.crf_seconds],
+                                        dtype=torch.float64), info)
+    result.seconds, result.cam_seconds, result.crf_seconds = (float(t) for t in times)
+    return bool(sums[-1])
 
 
 # options that change the files; a resumed run must use the same ones
@@ -305,8 +369,9 @@ _LABEL_SETTINGS = ("checkpoint", "split", "scales", "flip", "bg", "classes", "cl
 SETTINGS_FILE = "pseudo_label.json"
 
 
-def _check_settings(out: Path, config: dict[str, Any], resume: bool) -> None:
-    """Refuse to resume into a folder labelled with other settings; record this run's."""
+def _check_settings(out: Path, config: dict[str, Any], resume: bool, write: bool = True) -> None:
+    """Refuse to resume into a folder labelled with other settings; record this run's
+    (``write``: rank 0 only under torchrun)."""
     import json
 
     path = out / SETTINGS_FILE
@@ -324,7 +389,8 @@ def _check_settings(out: Path, config: dict[str, Any], resume: bool) -> None:
                 "options, or write to another --out")
         if before.get("crf_params") and not config.get("crf_params"):
             config["crf_params"] = before["crf_params"]
-    write_json(path, config)
+    if write:
+        write_json(path, config)
 
 
 def _check_size(label: np.ndarray, gt: np.ndarray, path: Path) -> np.ndarray:

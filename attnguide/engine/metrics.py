@@ -2,8 +2,9 @@
 
 Shapes: N images, C classes, H x W pixels. The confusion matrix and the IoU are
 :mod:`attnguide.wsss.evaluate`'s, the attention metrics (CAM segmentation, share of
-attention inside the mask) :mod:`attnguide.metrics`' (one implementation for training,
-evaluation and the ``torchmetrics`` classes), re-exported here for the training loop.
+attention inside the mask, worst-group accuracy) :mod:`attnguide.metrics`' (one
+implementation for training, evaluation and the ``torchmetrics`` classes), re-exported here
+for the training loop.
 """
 
 from __future__ import annotations
@@ -11,18 +12,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnguide.metrics.attention import attention_inside, cam_segmentation
+from attnguide.metrics.attention import (
+    AttentionArea,
+    AttentionInside,
+    CamMIoU,
+    attention_inside,
+    cam_segmentation,
+    gt_classes,
+)
+from attnguide.metrics.groups import MeanGroupAccuracy, WorstGroupAccuracy, pair_predictions
 from attnguide.wsss.evaluate import confusion_matrix, iou_from_confusion
 
 __all__ = [
+    "AttentionArea",
+    "AttentionInside",
+    "CamMIoU",
+    "MeanGroupAccuracy",
+    "WorstGroupAccuracy",
     "accuracy",
     "attention_inside",
     "average_precision",
     "cam_segmentation",
     "confusion_matrix",
+    "gt_classes",
     "iou_from_confusion",
     "mean_average_precision",
     "mean_iou",
+    "pair_predictions",
 ]
 
 

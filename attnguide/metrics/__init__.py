@@ -32,17 +32,24 @@ from attnguide.metrics.attention import (
     gt_classes,
     pointing_game,
 )
-from attnguide.metrics.groups import WorstGroupAccuracy, group_accuracy
+from attnguide.metrics.groups import (
+    MeanGroupAccuracy,
+    WorstGroupAccuracy,
+    group_accuracy,
+    pair_predictions,
+)
 
 __all__ = [
     "AttentionArea",
     "AttentionInside",
     "CamMIoU",
+    "MeanGroupAccuracy",
     "PointingGame",
     "WorstGroupAccuracy",
     "attention_inside",
     "cam_segmentation",
     "group_accuracy",
     "gt_classes",
+    "pair_predictions",
     "pointing_game",
 ]

@@ -1,5 +1,10 @@
-"""Worst-group accuracy over (class, bias attribute) groups, for shortcut studies
-(Waterbirds: bird type x background; the group robustness literature's headline number)."""
+"""Worst-group and mean per-group accuracy over (class, bias attribute) groups, for shortcut
+studies (Waterbirds: bird type x background; the group robustness literature's headline
+numbers, as GroupDRO, JTT and DFR report them).
+
+Multi-label data are scored per (image, class) pair: :func:`pair_predictions` turns scores
+into a predicted class per pair (the pair's class when its sigmoid is >= 0.5, else -1), so a
+pair is right when its class is detected."""
 
 from __future__ import annotations
 
@@ -62,7 +67,46 @@ class WorstGroupAccuracy(Metric):
         """(num_classes, num_bias) accuracy of each group, NaN where empty."""
         return group_accuracy(self.correct, self.total).view(self.num_classes, self.num_bias)
 
-    def compute(self) -> Tensor:
+    def _defined(self) -> Tensor:
         acc = group_accuracy(self.correct, self.total)
-        acc = acc[~acc.isnan()]
+        return acc[~acc.isnan()]
+
+    def compute(self) -> Tensor:
+        acc = self._defined()
         return acc.min() if len(acc) else torch.tensor(float("nan"), dtype=torch.float64)
+
+    def mean_group(self) -> Tensor:
+        """Mean of the non-empty groups' accuracies (every group weighs the same)."""
+        acc = self._defined()
+        return acc.mean() if len(acc) else torch.tensor(float("nan"), dtype=torch.float64)
+
+    def groups_counted(self) -> int:
+        """How many groups hold at least one example."""
+        return int((self.total > 0).sum())
+
+
+class MeanGroupAccuracy(WorstGroupAccuracy):
+    """The mean accuracy over the non-empty (class, bias) groups (same inputs as
+    :class:`WorstGroupAccuracy`)."""
+
+    def compute(self) -> Tensor:
+        return self.mean_group()
+
+
+def pair_predictions(scores: Tensor, index: Tensor, classes: Tensor, multilabel: bool) -> Tensor:
+    """The predicted class of each (image, class) pair, for the group metrics.
+
+    Args:
+        scores: (N, C) logits of the N images.
+        index: (P,) image of each pair. classes: (P,) class of each pair.
+        multilabel: sigmoid outputs, scored per pair (the pair's class when its sigmoid is
+            >= 0.5, else -1); single-label: the image's arg-max.
+
+    Returns:
+        (P,) int64 predicted classes, to compare with ``classes``.
+    """
+    index, classes = index.long(), classes.long()
+    if not multilabel:
+        return scores.argmax(dim=1)[index]
+    hit = scores[index, classes] >= 0  # sigmoid >= 0.5
+    return torch.where(hit, classes, torch.full_like(classes, -1))

@@ -1,4 +1,6 @@
-"""``attnguide evaluate``: mIoU of a folder of predicted label maps.
+"""``attnguide evaluate``: mIoU of a folder of predicted label maps, or the metrics of a
+trained classifier on a split (:func:`evaluate_classifier`: accuracy, mAP, CAM mIoU and the
+worst-group / mean per-group accuracy of :mod:`attnguide.data.groups`' groups).
 
 Ground truth comes from a data set split (``data`` + ``split``: every image
 of the split that has a mask; predictions are ``PRED/<sample name>.png``) or
@@ -24,8 +26,12 @@ import numpy as np
 from attnguide.constants import BACKGROUND
 from attnguide.data import open_dataset
 from attnguide.data.segmentation import label_path
+from attnguide.engine.distributed import resolve_device
+from attnguide.engine.trainer import evaluate
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import load_label_png
+from attnguide.models.trained import load_model
+from attnguide.tasks.common import check_class_lists
 from attnguide.wsss.evaluate import ConfusionMatrix, SegMetrics
 
 _SHOW = 10
@@ -117,3 +123,92 @@ def evaluate_predictions(pred: str | os.PathLike, data: str | None = None, split
         except AttnGuideError as err:
             raise AttnGuideError(f"{path} vs {gt_path}: {err}") from None
     return confusion.metrics()
+
+
+CLASSIFIER_KEYS = ("accuracy", "map", "cam_miou", "attention_inside", "worst_group_accuracy",
+                   "mean_group_accuracy", "groups")
+"""What :func:`evaluate_classifier` reports first (the engine's ``val_`` names without it)."""
+
+
+def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: str = "test", *,
+                        batch_size: int = 32, device: str = "auto", prefer: str = "best",
+                        cam_threshold: float | None = None, workers: int = 0) -> dict:
+    """The engine's evaluation of a trained classifier on a data set split.
+
+    Args:
+        run: run folder (``best.pt``, else ``last.pt``; see ``prefer``), checkpoint or model
+            folder of ``attnguide train`` / ``export``.
+        data: the data set folder. split: the split to score.
+        cam_threshold: background score of CAM mIoU (default: the run's ``cam_threshold``).
+
+    Returns:
+        ``accuracy``, ``map`` (multi-label), ``loss``, on images with masks ``cam_miou``,
+        ``cam_iou``, ``attention_inside``, ``attention_area``, and with groups
+        (``groups.csv``, the scenes' attributes) ``worst_group_accuracy``,
+        ``mean_group_accuracy``, ``groups`` and ``group_accuracy`` {class: {bias: acc}};
+        plus ``run``, ``checkpoint``, ``data``, ``split``, ``images``.
+    """
+    if prefer not in ("best", "last"):
+        raise AttnGuideError(f"prefer must be 'best' or 'last', got {prefer!r}")
+    torch_device = resolve_device(device)
+    trained = load_model(run, device=torch_device, prefer=prefer)
+    ds = open_dataset(data, split, image_size=trained.image_size, train=False,
+                      mode="multi" if trained.multilabel else "single")
+    check_class_lists(trained.class_names, ds.class_names, f"the model {trained.checkpoint}",
+                      f"{ds.root}")
+    threshold = cam_threshold if cam_threshold is not None else float(
+        trained.config.get("cam_threshold", 0.15))
+    if not 0 <= threshold <= 1:
+        raise AttnGuideError(f"--cam-threshold must lie in [0, 1] (maps are min-max normalised), "
+                             f"got {threshold}")
+    metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=torch_device,
+                       batch_size=batch_size, workers=workers, cam_threshold=threshold,
+                       group_table=True)
+    out = {key[4:] if key.startswith("val_") else key: value for key, value in metrics.items()}
+    ordered = {key: out.pop(key) for key in CLASSIFIER_KEYS if key in out}
+    return {**ordered, **out, "run": str(run), "checkpoint": trained.checkpoint, "data": str(data),
+            "split": split, "images": len(ds)}
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}"
+
+
+def classifier_table(metrics: dict, title: str | None = None):
+    """A rich renderable of :func:`evaluate_classifier`'s numbers (%), then the group
+    accuracies as a class x bias grid."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("metric")
+    table.add_column("value (%)", justify="right")
+    for key in CLASSIFIER_KEYS:
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key.replace("_", " "), str(value) if key == "groups" else _pct(value))
+    groups = metrics.get("group_accuracy")
+    if not groups:
+        return table
+    biases = list(next(iter(groups.values())))
+    grid = Table(title="group accuracy (%): class x bias attribute", show_lines=False)
+    grid.add_column("class")
+    for bias in biases:
+        grid.add_column(bias, justify="right")
+    for name, row in groups.items():
+        grid.add_row(name, *[_pct(row[b]) for b in biases])
+    return Group(table, grid)
+
+
+def classifier_markdown(metrics: dict) -> str:
+    """The metrics as a Markdown table, then the (class x bias) group accuracies (%)."""
+    lines = ["| metric | value (%) |", "|---|---|"]
+    lines += [f"| {key.replace('_', ' ')} | {metrics[key] if key == 'groups' else _pct(metrics[key])} |"
+              for key in CLASSIFIER_KEYS if key in metrics]
+    groups = metrics.get("group_accuracy")
+    if groups:
+        biases = list(next(iter(groups.values())))
+        lines += ["", "| class | " + " | ".join(biases) + " |", "|---|" + "---|" * len(biases)]
+        lines += [f"| {name} | " + " | ".join(_pct(row[b]) for b in biases) + " |"
+                  for name, row in groups.items()]
+    return "\n".join(lines) + "\n"

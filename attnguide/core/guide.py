@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from attnguide.core.annotations import Annotations
 from attnguide.core.cams import CAM_METHODS
 from attnguide.core.capture import LayerTarget
 from attnguide.core.checks import (
@@ -61,7 +62,7 @@ from attnguide.core.maps import (
 )
 from attnguide.core.masks import resolve_mask
 from attnguide.core.step import BUILTIN_REPORTED, GuideOutput, Step
-from attnguide.core.terms import Term, weighted_terms
+from attnguide.core.terms import Term, check_kinds_used, weighted_terms
 from attnguide.errors import AttnGuideError
 
 __all__ = ["BUILTIN_REPORTED", "GuideOutput", "GuidedAttention", "extract_logits",
@@ -187,7 +188,7 @@ class GuidedAttention(nn.Module):
         self,
         images: Tensor,
         labels: Tensor | None = None,
-        masks: Tensor | None = None,
+        masks: Tensor | Annotations | None = None,
         *,
         guidance: bool = True,
     ) -> GuideOutput | Tensor:
@@ -199,7 +200,11 @@ class GuidedAttention(nn.Module):
                 (single-label, CE). None: return ``model(images)`` unchanged.
             masks: (B, H, W) int64 pixel labels for L_e, VOC convention (0
                 background, class c -> c + 1, 255 ignore); all-255 for images
-                without one. None: no image in the batch has one.
+                without one. None: no image in the batch has one. Or an
+                `attnguide.core.annotations.Annotations`: per image a mask, a
+                scribble, boxes, points and/or avoid regions (its masks and
+                scribbles become ``step.masks``; the box, point and avoid terms read
+                the rest).
             guidance: False runs exactly a plain classification step (warm-up).
 
         Returns:
@@ -213,17 +218,22 @@ class GuidedAttention(nn.Module):
         check_autograd("a guided step", " (in Lightning, Trainer(inference_mode=False)), or call "
                        "guide(images) for plain logits")
         labels = check_labels(labels, images.shape[0])
+        annotations = None
+        if isinstance(masks, Annotations):
+            annotations, masks = _unpack_annotations(masks, images, labels, guidance, self.terms)
         if masks is not None:
             check_masks(masks, images)
         training = torch.is_grad_enabled()
-        terms = self._active_terms(guidance, masks is not None, training)
+        terms = self._active_terms(guidance, masks is not None, training,
+                                   annotations.kinds() if annotations is not None else frozenset())
         needs_cam = any(term.attention for _, term, _ in terms)
         if any(term.input_grad for _, term, _ in terms):
             images = images.detach().requires_grad_(True)  # our own leaf; the user's is untouched
         if not needs_cam:
             logits = extract_logits(self.model(images))
             self._check_targets(labels, masks, logits)
-            return self._combine(Step(self, images, labels, masks, logits), terms)
+            return self._combine(Step(self, images, labels, masks, logits,
+                                      annotations=annotations), terms)
 
         target = self._target
         target.ensure(images)
@@ -248,7 +258,8 @@ class GuidedAttention(nn.Module):
         else:  # no positive class anywhere: nothing to attend to
             attention = soft = images.new_zeros(0, *size, dtype=torch.float32)
 
-        step = Step(self, images, labels, masks, logits, pairs, attention, soft, feats, create_graph)
+        step = Step(self, images, labels, masks, logits, pairs, attention, soft, feats, create_graph,
+                    annotations=annotations)
         out = self._combine(step, terms)
         out.attention, out.pairs = attention, pairs
         if all(name != "area" for name, _, _ in terms):  # reported even when off
@@ -375,12 +386,15 @@ class GuidedAttention(nn.Module):
         if masks is not None:
             check_mask_values(masks, logits.shape[1])
 
-    def _active_terms(self, guidance: bool, has_masks: bool, training: bool):
-        """(name, term, weight) of the terms this step computes."""
+    def _active_terms(self, guidance: bool, has_masks: bool, training: bool,
+                      kinds: frozenset[str] = frozenset()):
+        """(name, term, weight) of the terms this step computes (a term that reads
+        annotation kinds only when the batch has one of them)."""
         if not guidance:
             return []
         return [(name, term, w) for name, (term, w) in self.terms.items()
-                if w > 0 and (has_masks or not term.masks) and (training or not term.input_grad)]
+                if w > 0 and (has_masks or not term.masks) and (training or not term.input_grad)
+                and (not term.kinds or bool(kinds & set(term.kinds)))]
 
     def _combine(self, step: Step, terms) -> GuideOutput:
         """``L_cl + sum weight * term``; every built-in term is reported (0 when off)."""
@@ -398,3 +412,18 @@ class GuidedAttention(nn.Module):
 
     def _closed_form_maps(self, feats: Tensor, logits: Tensor, pairs: Tensor, image_hw):
         return closed_form_maps(self._target, self.cam_method, feats, logits, pairs, image_hw)
+
+
+def _unpack_annotations(annotations: Annotations, images: Tensor, labels: Tensor, guidance: bool,
+                        terms) -> tuple[Annotations, Tensor | None]:
+    """Check an `Annotations` batch against the images and the terms; return it with the
+    (B, H, W) masks its masks and scribbles make (None without)."""
+    if len(annotations) != images.shape[0]:
+        raise AttnGuideError(f"annotations hold {len(annotations)} images but the batch has "
+                             f"{images.shape[0]}; give one entry (None for nothing) per image")
+    size = tuple(images.shape[-2:])
+    num_classes = labels.shape[1] if labels.dim() == 2 else None
+    annotations.check(size, num_classes)
+    if guidance:
+        check_kinds_used(annotations.kinds(), terms)
+    return annotations, annotations.label_maps(size, images.device)

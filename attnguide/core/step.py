@@ -87,15 +87,19 @@ class Step:
         soft: (P, H, W) erasing masks T(attention) (None without attention).
         features: the captured output of the target layer (None without attention).
         create_graph: whether maps computed in this step keep a graph (training).
+        annotations: the batch's `attnguide.core.annotations.Annotations` (boxes, points,
+            avoid regions, ...) or None; its masks and scribbles are in ``masks``.
     """
 
     def __init__(self, guide: StepContext, images: Tensor, labels: Tensor,
                  masks: Tensor | None, logits: Tensor, pairs: Tensor | None = None,
                  attention: Tensor | None = None, soft: Tensor | None = None,
-                 features: Tensor | None = None, create_graph: bool = False) -> None:
+                 features: Tensor | None = None, create_graph: bool = False,
+                 annotations: Any = None) -> None:
         self.guide, self.images, self.labels, self.masks = guide, images, labels, masks
         self.logits, self.pairs, self.attention, self.soft = logits, pairs, attention, soft
         self.features, self.create_graph = features, create_graph
+        self.annotations = annotations
         self._cache: dict[Any, Any] = {}
 
     @property

@@ -33,7 +33,25 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            mask where there is one, else cut out by the image's own attention
            (its erasing mask T(A), detached), so a few masks (which train the
            attention with ``ext``) reach the unlabelled images.
+``energy`` boxes: 1 - the share of each positive class's attention inside its
+           boxes (Rao, Böhle et al., ICCV 2023; images with boxes only).
+``box_l1`` boxes: the mean attention outside the class's boxes (the same paper's
+           L1 loss; images with boxes only).
+``point``  points: the attention peak near each click, ``-log A`` weighted by a
+           Gaussian around the click (Bearman et al., ECCV 2016); setting ``sigma``
+           (a share of the image's shorter side).
+``avoid``  avoid regions: the share of attention inside them, for the positive
+           classes (setting ``classes="positive"``) or every class (``"all"``, one
+           more CAM gradient per class).
+``avoid_rrr`` avoid regions through the input gradient (RRR, Ross et al. 2017): the
+           share of the squared input gradient inside them; no CAM.
 ========  =====================================================================
+
+Annotations other than masks reach the terms as an
+`attnguide.core.annotations.Annotations` passed where the masks go
+(``guide(images, labels, annotations)``); the step reads them as ``step.annotations``
+and its pixel-mask terms read the masks and scribbles in it as ``step.masks``. A term
+declares the kinds it reads (`Term.kinds`) and is skipped in a batch that has none.
 
 Your own term is any callable ``step -> scalar tensor``; wrap it in `Term` to say
 what it reads (by default it may read the attention maps)::
@@ -61,8 +79,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from attnguide.constants import IGNORE
+from attnguide.core.annotations import (
+    KINDS,
+    Annotations,
+    avoid_loss,
+    energy_loss,
+    outside_l1_loss,
+    point_loss,
+)
 from attnguide.core.losses import (
     all_class_ext_loss,
     area_loss,
@@ -90,6 +118,8 @@ class Term:
         masks: needs pixel masks; skipped (0) in batches without them.
         input_grad: reads ``step.input_grad()`` (the images become a leaf that
             requires grad before the forward pass).
+        kinds: the annotation kinds it reads (``("boxes",)`` for ``energy``); skipped (0)
+            in batches whose `Annotations` have none of them.
         options: the term's settings, passed to ``fn`` as keyword arguments
             (``am``: ``score`` and ``fill``; ``bg``: ``fill``); a mapping or
             ``(name, value)`` pairs, kept as sorted pairs so a term stays hashable.
@@ -101,6 +131,7 @@ class Term:
     masks: bool = False
     input_grad: bool = False
     options: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
+    kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
@@ -222,6 +253,125 @@ def _area(step: Step) -> Tensor:
     return area_loss(step.soft) if len(step.pairs) else _zero(step)
 
 
+def _annotations(step: Step) -> Annotations | None:
+    return getattr(step, "annotations", None)
+
+
+def _pair_targets(step: Step, kind: str, build) -> tuple[Tensor, Tensor] | None:
+    """``(targets (P', H, W), index (P',))`` of the pairs whose image has ``kind`` for
+    their class, built once per step by ``build(annotations, C, (H, W)) -> (dense, has)``;
+    None when no pair has one."""
+    key = ("annotation", kind)
+    if key not in step._cache:
+        ann = _annotations(step)
+        result = None
+        if ann is not None and step.pairs is not None and len(step.pairs) and kind in ann.kinds():
+            size = tuple(step.attention.shape[-2:])
+            dense, has = build(ann, step.logits.shape[1], size)
+            dense, has = dense.to(step.attention.device), has.to(step.attention.device)
+            img, cls = step.pairs[:, 0], step.pairs[:, 1]
+            index = has[img, cls].nonzero().squeeze(1)
+            if len(index):
+                result = (dense[img[index], cls[index]], index)
+        step._cache[key] = result
+    return step._cache[key]
+
+
+def _boxes(step: Step) -> tuple[Tensor, Tensor] | None:
+    return _pair_targets(step, "boxes", lambda a, c, size: a.box_targets(c, size, tuple(step.images.shape[-2:])))
+
+
+def _energy(step: Step) -> Tensor:
+    found = _boxes(step)
+    if found is None:
+        return _zero(step)
+    inside, index = found
+    return energy_loss(step.attention[index], inside)
+
+
+def _box_l1(step: Step) -> Tensor:
+    found = _boxes(step)
+    if found is None:
+        return _zero(step)
+    inside, index = found
+    return outside_l1_loss(step.attention[index], inside)
+
+
+def _point(step: Step, sigma: float = 0.05) -> Tensor:
+    size = tuple(step.images.shape[-2:])
+    found = _pair_targets(step, "points", lambda a, c, s: a.point_targets(
+        c, s, max(sigma * min(s), 0.5), size))
+    if found is None:
+        return _zero(step)
+    heat, index = found
+    return point_loss(step.attention[index], heat)
+
+
+def _avoid_regions(step: Step) -> tuple[Tensor, Tensor] | None:
+    """``(region (B, H, W) bool, has (B,))`` of the batch, or None without avoid regions."""
+    ann = _annotations(step)
+    if ann is None or "avoid" not in ann.kinds():
+        return None
+    size = tuple(step.images.shape[-2:])
+    region, has = ann.avoid_masks(size, size, device=step.images.device)
+    return region, has
+
+
+def _avoid(step: Step, classes: str = "positive") -> Tensor:
+    found = _avoid_regions(step)
+    if found is None:
+        return _zero(step)
+    region, has = found
+    if classes == "all":
+        maps = step.class_attention()  # (B, C, H, W)
+        index = has.nonzero().squeeze(1)
+        sel = maps[index]
+        return avoid_loss(sel.flatten(0, 1), region[index].repeat_interleave(sel.shape[1], 0))
+    if classes != "positive":
+        raise AttnGuideError(f"the avoid term's classes setting is 'positive' or 'all', "
+                             f"got {classes!r}")
+    if step.pairs is None or not len(step.pairs):
+        return _zero(step)
+    index = has[step.pairs[:, 0]].nonzero().squeeze(1)
+    return avoid_loss(step.attention[index], region[step.pairs[index, 0]])
+
+
+def _avoid_rrr(step: Step) -> Tensor:
+    found = _avoid_regions(step)
+    if found is None:
+        return _zero(step)
+    region, has = found
+    # input_gradient_loss penalises the pixels marked 0; images without a region are all 255
+    masks = torch.where(region, 0, 1)
+    masks = torch.where(has[:, None, None], masks, torch.full_like(masks, IGNORE))
+    return input_gradient_loss(step.input_grad(), masks)
+
+
+def term_kinds(term: Term) -> frozenset[str]:
+    """The annotation kinds a term can use: its `Term.kinds`, and the label-map kinds
+    (masks, scribbles) for a term that reads pixel masks."""
+    kinds = set(term.kinds)
+    if term.masks:
+        kinds |= {"mask", "scribble"}
+    return frozenset(kinds)
+
+
+def check_kinds_used(kinds: frozenset[str] | set[str],
+                     terms: Mapping[str, tuple[Term, float]]) -> None:
+    """Raise when the batch carries an annotation kind that no term with a weight > 0
+    reads (a mistake: the annotation would be silently ignored). Masks are exempt: they
+    also serve evaluation, and GAIN without L_e takes them as before."""
+    used = set().union(*(term_kinds(t) for t, w in terms.values() if w > 0)) if terms else set()
+    unused = sorted(set(kinds) - used - {"mask"}, key=KINDS.index)
+    if unused:
+        readers = {k: sorted(n for n in TERMS.names() if k in term_kinds(TERMS.get(n)))
+                   for k in unused}
+        said = "; ".join(f"{k} feed the term(s) {', '.join(v)}" for k, v in readers.items())
+        raise AttnGuideError(f"the batch carries {', '.join(unused)} annotations but none of "
+                             f"the terms {', '.join(terms) or '(none)'} uses them: {said}; add "
+                             "such a term (terms={...: weight}) or drop those annotations")
+
+
 TERMS.register("am")(Term(_am, options={"score": "auto", "fill": 0.0}))
 TERMS.register("ext")(Term(_ext, masks=True))
 TERMS.register("ext_all")(Term(_ext_all, masks=True))
@@ -230,3 +380,8 @@ TERMS.register("area")(Term(_area))
 TERMS.register("bg")(Term(_bg, attention=False, masks=True, options={"fill": 0.0}))
 TERMS.register("swap")(Term(_swap, attention=False, masks=True))
 TERMS.register("swap_attention")(Term(_swap_attention))
+TERMS.register("energy")(Term(_energy, kinds=("boxes",)))
+TERMS.register("box_l1")(Term(_box_l1, kinds=("boxes",)))
+TERMS.register("point")(Term(_point, kinds=("points",), options={"sigma": 0.05}))
+TERMS.register("avoid")(Term(_avoid, kinds=("avoid",), options={"classes": "positive"}))
+TERMS.register("avoid_rrr")(Term(_avoid_rrr, attention=False, input_grad=True, kinds=("avoid",)))

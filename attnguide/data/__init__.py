@@ -12,6 +12,7 @@ constants of :mod:`attnguide.constants` are re-exported here under their old nam
 
 from attnguide.constants import IGNORE as IGNORE_INDEX
 from attnguide.constants import IMAGENET_MEAN, IMAGENET_STD
+from attnguide.data.composite import make_composite
 from attnguide.data.dataset import ImageLabelDataset, open_dataset, select_pixel_labelled
 from attnguide.data.io import read_rgb
 from attnguide.data.sample import Sample
@@ -35,6 +36,7 @@ __all__ = [
     "ImageLabelDataset",
     "Sample",
     "joint_transform",
+    "make_composite",
     "make_scenes",
     "make_tiny_voc",
     "open_dataset",

@@ -8,8 +8,15 @@ Each item is a dict (default collation stacks it)::
                  (all 255 when the image has no mask; the real mask otherwise,
                  also outside the pixel-labelled subset, for evaluation)
     pixel_label  () bool, True iff the mask may supervise attention
-                 (the image has a mask and is in ``ds.pixel_labelled``)
+                 (the image has a mask, masks are among ``ds.annotation_kinds`` and
+                 the image is in ``ds.pixel_labelled``)
     index        int, position in ``ds.samples``
+    annotations  dict, only when ``ds.annotation_kinds`` holds more than masks: the
+                 image's other annotations after the same geometry as the image
+                 (``boxes`` (N, 5), ``points`` (N, 3), ``scribble`` (S, S), ``avoid``
+                 (S, S) bool; see `attnguide.core.annotations`), empty outside
+                 ``ds.pixel_labelled``. Batch such items with `collate` (it makes an
+                 `Annotations` of them); the training loader does.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from attnguide.core.annotations import KINDS, Annotations
+from attnguide.core.guidance import parse_annotation_kinds
 from attnguide.data.folder import CLASSES_FILE, is_folder_dataset, read_folder_split
 from attnguide.data.io import check_label_values, labels_in_mask, read_image_size, read_rgb
 from attnguide.data.sample import Sample
-from attnguide.data.transforms import apply_joint, joint_transform
+from attnguide.data.transforms import apply_sample, joint_transform
 from attnguide.data.voc import find_voc_root, read_voc_split
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import load_label_png
@@ -39,7 +48,9 @@ class ImageLabelDataset(Dataset):
     ``image_size``, ``class_names`` (background excluded; class k has mask
     value k + 1), ``num_classes``, ``multilabel``, ``samples``, ``sources``
     (where each sample is listed, e.g. ``"train.csv line 3"``) and
-    ``pixel_labelled`` (indices whose masks may be used as supervision) and
+    ``pixel_labelled`` (indices whose annotations may be used as supervision: the union
+    of ``mask_labelled``, whose masks and scribbles may, and ``box_labelled``, whose boxes,
+    clicks and avoid regions may), ``annotation_kinds`` (the kinds used) and
     ``mode_reason`` (why the data are single- or multi-label, e.g.
     ``"every row of train.csv has one label"``).
     """
@@ -57,6 +68,10 @@ class ImageLabelDataset(Dataset):
         train: bool,
         pixel_labelled: set[int],
         mode_reason: str = "",
+        annotation_kinds: frozenset[str] = frozenset({"mask"}),
+        pixel_labels: int | str | None = None,
+        seed: int = 0,
+        annotated: int | str | None = "same",
     ) -> None:
         self.root = root
         self.split = split
@@ -69,7 +84,37 @@ class ImageLabelDataset(Dataset):
         self.train = train
         self.pixel_labelled = pixel_labelled
         self.mode_reason = mode_reason
+        self.annotation_kinds = frozenset(annotation_kinds)
+        self.pixel_labels, self.seed, self.annotated = pixel_labels, seed, annotated
         self.transform = joint_transform(image_size, train)
+        self.mask_labelled = self.box_labelled = set(pixel_labelled)
+
+    def _draw(self) -> None:
+        """``pixel_labelled`` and its two parts: ``mask_labelled`` (whose masks and scribbles
+        supervise) and ``box_labelled`` (whose boxes, clicks and avoid regions do): one draw
+        among the images with any chosen kind (``annotated="same"``), or two."""
+        kinds = self.annotation_kinds
+        if self.annotated == "same":
+            both = select_pixel_labelled(self.samples, self.pixel_labels, self.seed, kinds)
+            self.mask_labelled = self.box_labelled = both
+        else:
+            self.mask_labelled = select_pixel_labelled(
+                self.samples, self.pixel_labels, self.seed, kinds & {"mask", "scribble"})
+            self.box_labelled = select_pixel_labelled(
+                self.samples, self.annotated, self.seed, kinds - {"mask", "scribble"})
+        self.pixel_labelled = self.mask_labelled | self.box_labelled
+
+    def available_kinds(self) -> frozenset[str]:
+        """The annotation kinds some image of the split has (whether used or not)."""
+        return frozenset().union(*(s.kinds for s in self.samples))
+
+    def use_annotations(self, kinds) -> ImageLabelDataset:
+        """Keep only these annotation kinds for supervision (``--annotations`` after the
+        guidance is known) and draw ``pixel_labelled`` again among the images that have
+        one of them (same ``pixel_labels`` and seed). Returns self."""
+        self.annotation_kinds = frozenset(kinds) & self.annotation_kinds
+        self._draw()
+        return self
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,19 +127,57 @@ class ImageLabelDataset(Dataset):
             f"{len(self.pixel_labelled)} pixel-labelled, image_size={self.image_size})"
         )
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    @property
+    def has_annotations(self) -> bool:
+        """Whether items carry an ``annotations`` dict (kinds other than masks are used)."""
+        return bool(self.annotation_kinds - {"mask"})
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | dict]:
         image, mask = self._load(index)
-        image_t, mask_t = apply_joint(self.transform, image, mask)  # (3, S, S), (S, S)
+        chosen = index in self.mask_labelled
+        raw = self._load_annotations(index, image.shape[1], image.shape[0]) if (
+            self.has_annotations and (index in self.box_labelled or index in self.mask_labelled)) else {}
+        if index not in self.box_labelled:  # its masks / scribbles only
+            raw = {k: v for k, v in raw.items() if k == "scribble"}
+        if not chosen:
+            raw.pop("scribble", None)
+        image_t, mask_t, extra = apply_sample(self.transform, image, mask, raw)  # (3, S, S), (S, S)
         labels = torch.zeros(self.num_classes, dtype=torch.float32)
         labels[list(self.samples[index].labels)] = 1.0
-        has_pixels = mask is not None and index in self.pixel_labelled
-        return {
+        has_pixels = mask is not None and chosen and "mask" in self.annotation_kinds
+        item = {
             "image": image_t,
             "labels": labels,
             "mask": mask_t,
             "pixel_label": torch.tensor(has_pixels),
             "index": index,
         }
+        if self.has_annotations:
+            item["annotations"] = extra
+        return item
+
+    def _load_annotations(self, index: int, width: int, height: int) -> dict[str, np.ndarray]:
+        """The chosen annotation kinds of sample ``index`` but the mask, checked against its
+        (width, height), in pixels of the stored image."""
+        sample, source = self.samples[index], self.sources[index]
+        _check_annotations(sample, width, height, source, self.class_names)
+        kinds, out = self.annotation_kinds, {}
+        if "boxes" in kinds and sample.boxes:
+            out["boxes"] = np.asarray(sample.boxes, dtype=np.float32)
+        if "points" in kinds and sample.points:
+            out["points"] = np.asarray(sample.points, dtype=np.float32)
+        if "scribble" in kinds and sample.scribble_path is not None:
+            out["scribble"] = _read_map(sample.scribble_path, width, height, source, "scribble")
+            check_label_values(out["scribble"], len(self.class_names), sample.scribble_path, source)
+        if "avoid" in kinds and (sample.avoid or sample.avoid_path is not None):
+            region = np.zeros((height, width), dtype=bool)
+            if sample.avoid_path is not None:
+                region |= _read_map(sample.avoid_path, width, height, source, "avoid region") > 0
+            if sample.avoid:
+                region |= Annotations([{"avoid": list(sample.avoid)}]).avoid_masks(
+                    (height, width))[0][0].numpy()
+            out["avoid"] = region
+        return out
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Image (H, W, 3) uint8 RGB and mask (H, W) int64 or None, at the original size."""
@@ -120,6 +203,45 @@ class ImageLabelDataset(Dataset):
             if sample.mask_path is not None:
                 mask = load_label_png(sample.mask_path, source)
                 _check_mask(mask, width, height, sample, source, self.class_names)
+            _check_annotations(sample, width, height, source, self.class_names)
+
+
+def collate(items: list[dict]) -> dict:
+    """`default_collate` for items of `ImageLabelDataset`, with their ``annotations`` dicts
+    (variable numbers of boxes and clicks) gathered into one
+    `attnguide.core.annotations.Annotations`: pass it as a DataLoader's ``collate_fn``."""
+    if not items or not isinstance(items[0], dict) or "annotations" not in items[0]:
+        return default_collate(items)
+    rest = [{k: v for k, v in item.items() if k != "annotations"} for item in items]
+    batch = default_collate(rest)
+    batch["annotations"] = Annotations([item["annotations"] or None for item in items])
+    return batch
+
+
+def _read_map(path: Path, width: int, height: int, source: str, what: str) -> np.ndarray:
+    values = load_label_png(path, source)
+    if values.shape != (height, width):
+        raise AttnGuideError(f"{what} {path} is {values.shape[1]}x{values.shape[0]} (WxH) but its "
+                             f"image is {width}x{height} ({source}); give it the image's size")
+    return values
+
+
+def _check_annotations(sample: Sample, width: int, height: int, source: str,
+                       class_names: list[str]) -> None:
+    """Boxes, clicks and avoid boxes of a sample against its image's (width, height)."""
+    for kind, rows in (("boxes", [b[1:] for b in sample.boxes]), ("avoid", list(sample.avoid))):
+        for x0, y0, x1, y1 in rows:
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise AttnGuideError(
+                    f"{source}: {kind} box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the image "
+                    f"{sample.image_path.name} ({width}x{height}); clip it to 0 <= x <= {width}, "
+                    f"0 <= y <= {height}")
+    for c, x, y in sample.points:
+        if not (0 <= x < width and 0 <= y < height):
+            raise AttnGuideError(
+                f"{source}: point {class_names[c]}:{x:g},{y:g} lies outside the image "
+                f"{sample.image_path.name} ({width}x{height}); clicks need 0 <= x < {width}, "
+                f"0 <= y < {height}")
 
 
 def _check_mask(mask: np.ndarray, width: int, height: int, sample: Sample, source: str,
@@ -151,6 +273,8 @@ def open_dataset(
     mode: str = "auto",
     check_files: bool = True,
     require_labels: bool = True,
+    annotations: str | frozenset[str] | None = "masks",
+    annotated: int | str | None = "same",
 ) -> ImageLabelDataset:
     """Open a folder data set (``classes.txt`` + CSVs) or a VOC 2012 folder.
 
@@ -177,6 +301,16 @@ def open_dataset(
             needs them; ``-`` says "none of the classes"). False for commands that only
             look at images (pseudo labels with predicted classes, predict, evaluate): such a
             row has unknown labels (``Sample.labels_known`` False).
+        annotations: which annotation kinds may supervise attention: ``"masks"`` (the
+            default: masks only, items as before), ``"auto"`` (every kind the split has:
+            the folder data set's ``boxes``, ``points``, ``avoid``, ``scribble`` columns),
+            or a ','-joined list / set of masks, scribbles, boxes, points, avoid. VOC reads
+            the boxes of ``Annotations/*.xml`` only when boxes are named. `pixel_labels`
+            then draws among the images that have one of the kinds.
+        annotated: ``"same"`` (default): `pixel_labels` chooses the images of every kind; or
+            a draw of its own (None / ``"all"``, N, ``"10%"``) for boxes, clicks and avoid
+            regions, and `pixel_labels` for masks and scribbles only (200 masks beside
+            every image's boxes: ``pixel_labels=200, annotated="all"``).
 
     Raises:
         FileNotFoundError: `root`, a split list or a listed file is missing.
@@ -194,7 +328,8 @@ def open_dataset(
         class_names, samples, sources = read_folder_split(root, split, require_labels)
     elif (voc_root := find_voc_root(root)) is not None:
         root = voc_root
-        class_names, samples, sources = read_voc_split(root, split)
+        class_names, samples, sources = read_voc_split(
+            root, split, boxes=annotations != "auto" and "boxes" in _kinds(annotations))
     else:
         raise AttnGuideError(
             f"{root} is not a data set: expected a folder data set ({CLASSES_FILE} plus "
@@ -206,6 +341,14 @@ def open_dataset(
             f"split {split!r} of {root} lists no image; add rows to it or pick another split"
         )
     multilabel, reason = _data_mode(samples, sources, mode, folder, split)
+    have = frozenset().union(*(s.kinds for s in samples))
+    kinds = have if annotations == "auto" else _kinds(annotations)
+    missing = sorted(kinds - have - {"mask"}, key=KINDS.index)
+    if missing:
+        raise AttnGuideError(
+            f"annotations {', '.join(missing)} were asked for, but no image of split {split!r} "
+            f"of {root} has one (the split has: {', '.join(sorted(have)) or 'none'}); add the "
+            "CSV column(s) boxes / points / avoid / scribble, or drop them from the annotations")
     ds = ImageLabelDataset(
         root=root,
         split=split,
@@ -216,8 +359,13 @@ def open_dataset(
         mode_reason=reason,
         image_size=image_size,
         train=train,
-        pixel_labelled=select_pixel_labelled(samples, pixel_labels, seed),
+        pixel_labelled=set(),  # drawn below (ds._draw)
+        annotation_kinds=kinds,
+        pixel_labels=pixel_labels,
+        seed=seed,
+        annotated=annotated,
     )
+    ds._draw()
     if folder and check_files:
         ds.check_files()
     return ds
@@ -257,18 +405,27 @@ def _data_mode(samples: list[Sample], sources: list[str], mode: str, folder: boo
                   f"exactly one label (first: {source}, {what})")
 
 
+def _kinds(annotations) -> frozenset[str]:
+    if isinstance(annotations, str):
+        return parse_annotation_kinds(annotations) or frozenset(KINDS)
+    return frozenset(annotations)
+
+
 def select_pixel_labelled(
-    samples: list[Sample], pixel_labels: int | str | None, seed: int
+    samples: list[Sample], pixel_labels: int | str | None, seed: int,
+    kinds: frozenset[str] = frozenset({"mask"}),
 ) -> set[int]:
-    """Indices of the samples whose masks may supervise attention (see `open_dataset`)."""
-    with_mask = [i for i, sample in enumerate(samples) if sample.mask_path is not None]
+    """Indices of the samples whose annotations of ``kinds`` (default: masks) may supervise
+    attention (see `open_dataset`)."""
+    with_mask = [i for i, sample in enumerate(samples) if sample.kinds & set(kinds)]
     if pixel_labels is None or (isinstance(pixel_labels, str) and pixel_labels.strip().lower() == "all"):
         return set(with_mask)
     count = _pixel_label_count(pixel_labels, len(samples))
     if count > len(with_mask):
         raise AttnGuideError(
-            f"pixel_labels={pixel_labels!r} asks for {count} pixel-labelled images, but only "
-            f"{len(with_mask)} of the split's {len(samples)} images have a mask"
+            f"pixel_labels={pixel_labels!r} asks for {count} labelled images, but only "
+            f"{len(with_mask)} of the split's {len(samples)} images have a "
+            f"{' or '.join(sorted(kinds))} annotation"
         )
     order = np.random.default_rng(seed).permutation(len(with_mask))
     return {with_mask[j] for j in order[:count]}

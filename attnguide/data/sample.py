@@ -19,6 +19,11 @@ class Sample:
         labels_known: False for a row whose labels cell was left empty where labels are
             optional (``open_dataset(..., require_labels=False)``): its ``labels`` are
             unknown, not "none" (that is ``-``).
+        boxes: ``(class, x0, y0, x1, y1)`` in pixels of the stored image (x0 < x1, y0 < y1).
+        points: ``(class, x, y)`` clicks in pixels of the stored image.
+        avoid: ``(x0, y0, x1, y1)`` regions where no class may look.
+        avoid_path: a PNG whose non-zero pixels are regions where no class may look.
+        scribble_path: a sparse label-map PNG (VOC convention, 255 where nobody drew).
     """
 
     name: str
@@ -26,3 +31,16 @@ class Sample:
     labels: tuple[int, ...]
     mask_path: Path | None
     labels_known: bool = True
+    boxes: tuple[tuple[int, float, float, float, float], ...] = ()
+    points: tuple[tuple[int, float, float], ...] = ()
+    avoid: tuple[tuple[float, float, float, float], ...] = ()
+    avoid_path: Path | None = None
+    scribble_path: Path | None = None
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The annotation kinds this image has (`attnguide.core.annotations.KINDS`)."""
+        have = {"mask": self.mask_path is not None, "scribble": self.scribble_path is not None,
+                "boxes": bool(self.boxes), "points": bool(self.points),
+                "avoid": bool(self.avoid) or self.avoid_path is not None}
+        return frozenset(k for k, v in have.items() if v)

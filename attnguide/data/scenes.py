@@ -38,7 +38,9 @@ FORMAT_VERSION = 1
 PARAMS_FILE = "scenes.json"
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "train_unbiased": 3}
 """Part of each image's seed, so that splits never share images."""
-CSV_COLUMNS = ("image", "labels", "mask", "background", "cue")
+CSV_COLUMNS = ("image", "labels", "mask", "background", "cue", "boxes", "points")
+"""``boxes`` and ``points`` come from the true masks (`mask_boxes`, `mask_points`): the tight
+box of each class's visible pixels and one click on them, for box and point supervision."""
 
 
 def make_scenes(
@@ -258,9 +260,36 @@ def _write_split(folder: Path, split: str, count: int, params: dict, names: list
             save_label_png(folder / "masks" / stem, mask)
             labels = " ".join(names[c] for c in sorted(classes))
             cue_name = "" if cue is None else names[cue]
+            boxes = ";".join(f"{names[c]}:{x0},{y0},{x1},{y1}" for c, x0, y0, x1, y1 in mask_boxes(mask))
+            points = ";".join(f"{names[c]}:{x},{y}" for c, x, y in mask_points(mask))
             writer.writerow(
-                (f"images/{stem}", labels, f"masks/{stem}", TEXTURES[texture], cue_name)
+                (f"images/{stem}", labels, f"masks/{stem}", TEXTURES[texture], cue_name, boxes,
+                 points)
             )
+
+
+def mask_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """``(class, x0, y0, x1, y1)``: the tight box of each class's pixels in an (H, W) label map
+    (VOC convention), x1 and y1 one past the last column and row."""
+    out = []
+    for value in np.unique(mask):
+        if 0 < value < 255:
+            ys, xs = np.nonzero(mask == value)
+            out.append((int(value) - 1, int(xs.min()), int(ys.min()), int(xs.max()) + 1,
+                        int(ys.max()) + 1))
+    return out
+
+
+def mask_points(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(class, x, y)``: one click per class of an (H, W) label map, on the class's pixel
+    nearest to its centroid (so it lies on the object, concave shapes too)."""
+    out = []
+    for value in np.unique(mask):
+        if 0 < value < 255:
+            ys, xs = np.nonzero(mask == value)
+            k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+            out.append((int(value) - 1, int(xs[k]), int(ys[k])))
+    return out
 
 
 def _readme(params: dict, names: list[str]) -> str:
@@ -295,5 +324,7 @@ Regenerate with `make_scenes(out, **params)` using the parameters below
   never enter the top-left {CUE_REGION} px, so masks never contain the cue.
 - val, test, train_unbiased: texture and cue uniform, independent of the labels.
 
-CSV columns: {", ".join(CSV_COLUMNS)} (`background` and `cue` record the shortcut drawn).
+CSV columns: {", ".join(CSV_COLUMNS)} (`background` and `cue` record the shortcut drawn;
+`boxes` and `points` are the tight box of each class's mask and one click on it, for
+`attnguide train --annotations boxes` / `points`).
 """

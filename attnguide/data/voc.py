@@ -14,6 +14,12 @@ A mask comes from SegmentationClass when it has the image, else from
 SegmentationClassAug. Image-level labels come from the mask (values other than
 0 and 255, minus 1) when there is one, else from the XML object names
 (difficult objects included: they are present in the image).
+
+With ``boxes=True`` (``open_dataset(..., annotations="boxes")``, ``attnguide train
+--annotations boxes``) each image's ``<object><bndbox>`` entries become its boxes
+(VOC's 1-based inclusive corners ``xmin..xmax`` become ``(xmin - 1, ymin - 1, xmax,
+ymax)``); boxes of a class that the image's mask does not show are left out (the labels
+come from the mask).
 """
 
 from __future__ import annotations
@@ -50,8 +56,10 @@ def find_voc_root(path: Path) -> Path | None:
     return None
 
 
-def read_voc_split(root: Path, split: str) -> tuple[list[str], list[Sample], list[str]]:
-    """List a VOC split; labels come from masks (decoded here) or XML annotations.
+def read_voc_split(root: Path, split: str, boxes: bool = False,
+                   ) -> tuple[list[str], list[Sample], list[str]]:
+    """List a VOC split; labels come from masks (decoded here) or XML annotations;
+    ``boxes``: each image's XML boxes too (an image without an XML file is an error).
 
     Returns:
         class_names (`VOC_CLASSES`), samples, sources (``"train.txt line 3"`` for each).
@@ -69,7 +77,7 @@ def read_voc_split(root: Path, split: str) -> tuple[list[str], list[Sample], lis
                 f"{source}: image {image_id!r} is already listed at {seen[image_id]}"
             )
         seen[image_id] = source
-        samples.append(_read_sample(root, image_id, source))
+        samples.append(_read_sample(root, image_id, source, boxes))
         sources.append(source)
     return list(VOC_CLASSES), samples, sources
 
@@ -93,7 +101,7 @@ def _split_list(root: Path, split: str) -> Path:
     )
 
 
-def _read_sample(root: Path, image_id: str, source: str) -> Sample:
+def _read_sample(root: Path, image_id: str, source: str, boxes: bool = False) -> Sample:
     image_path = root / "JPEGImages" / f"{image_id}.jpg"
     if not image_path.is_file():
         raise FileNotFoundError(f"{source}: image {image_path} does not exist")
@@ -104,7 +112,41 @@ def _read_sample(root: Path, image_id: str, source: str) -> Sample:
         labels = labels_in_mask(mask)
     else:
         labels = _labels_from_xml(root / "Annotations" / f"{image_id}.xml", source)
-    return Sample(name=image_id, image_path=image_path, labels=labels, mask_path=mask_path)
+    found = ()
+    if boxes:
+        found = tuple(b for b in read_xml_boxes(root / "Annotations" / f"{image_id}.xml", source)
+                      if b[0] in labels)
+    return Sample(name=image_id, image_path=image_path, labels=labels, mask_path=mask_path,
+                  boxes=found)
+
+
+def read_xml_boxes(xml_path: Path, source: str) -> list[tuple[int, float, float, float, float]]:
+    """``(class, x0, y0, x1, y1)`` of each ``<object>`` of a VOC annotation, in continuous
+    pixel coordinates (``xmin - 1``, ``ymin - 1``, ``xmax``, ``ymax``)."""
+    if not xml_path.is_file():
+        raise FileNotFoundError(f"{source}: --annotations boxes needs {xml_path}, which does not "
+                                "exist; add VOC's Annotations/ folder or train without boxes")
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as err:
+        raise AttnGuideError(f"cannot parse annotation {xml_path} ({source}): {err}") from err
+    out = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in VOC_CLASSES:
+            raise AttnGuideError(f"annotation {xml_path} ({source}) names unknown class {name!r}; "
+                                 f"VOC classes: {list(VOC_CLASSES)}")
+        box = obj.find("bndbox")
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise AttnGuideError(f"annotation {xml_path} ({source}): an object {name!r} has no "
+                                 "numeric bndbox xmin/ymin/xmax/ymax") from None
+        if xmax < xmin or ymax < ymin:
+            raise AttnGuideError(f"annotation {xml_path} ({source}): the {name!r} box "
+                                 f"{xmin:g},{ymin:g},{xmax:g},{ymax:g} has xmax < xmin or ymax < ymin")
+        out.append((VOC_CLASSES.index(name), xmin - 1, ymin - 1, xmax, ymax))
+    return out
 
 
 def _find_mask(root: Path, image_id: str) -> Path | None:

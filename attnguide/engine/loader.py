@@ -26,7 +26,13 @@ from collections.abc import Collection, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from attnguide.constants import IGNORE
+from attnguide.core.annotations import Annotations
+from attnguide.core.guidance import needs_masks
+from attnguide.data.dataset import collate
 
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden ratio
 
@@ -212,8 +218,34 @@ def make_loader(dataset: Dataset, sampler: EpochBatchSampler, seed: int, workers
         SeededItems(dataset, seed),
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=default_collate,
+        collate_fn=collate,  # default_collate; items' annotations become one Annotations
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=workers > 0,
     )
+
+
+def batch_targets(batch: dict, guidance: str, guided: bool,
+                  device: torch.device | str) -> Tensor | Annotations | None:
+    """What a training batch hands `GuidedAttention` beside images and labels: None (no
+    guidance this epoch, or nothing to supervise with), the (B, S, S) masks with 255 where
+    an image may not supervise attention (pixel masks only, as before), or an
+    `Annotations` holding those masks and the items' other annotations (boxes, points,
+    scribbles, avoid regions) when the data set hands any. The one path of every kind,
+    shared by the engine and the Lightning / Accelerate integrations."""
+    if not guided:
+        return None
+    masks = None
+    if needs_masks(guidance) and bool(batch["pixel_label"].any()):
+        keep = batch["pixel_label"][:, None, None]
+        masks = torch.where(keep, batch["mask"], torch.full_like(batch["mask"], IGNORE))  # (B, S, S)
+    ann = batch.get("annotations")
+    if not isinstance(ann, Annotations) or not ann.kinds():
+        return None if masks is None else masks.to(device, non_blocking=True)
+    items = []
+    for i, item in enumerate(ann.items):
+        item = dict(item)
+        if masks is not None and bool(batch["pixel_label"][i]):
+            item["mask"] = masks[i]
+        items.append(item)
+    return Annotations(items)

@@ -58,6 +58,21 @@ def test_results_json_has_one_entry_per_row_with_the_four_numbers(tiny):
     assert "guidance: ext+swap" in guided and "guidance: none" in (out / "runs" / "unguided" / "config.yaml").read_text()
 
 
+def test_the_unguided_baseline_gets_the_guided_runs_steps(tiny):
+    """Equal compute: the labelled images recur in the guided run's batches (more steps an
+    epoch), so the unguided run is given its step count, and both rows say so."""
+    out, _, _, _ = tiny
+    rows = json.loads((out / "results.json").read_text())
+    last = {name: json.loads((out / "runs" / name / "metrics.jsonl").read_text().splitlines()[-1])
+            for name in ("unguided", "guided")}
+    assert rows["unguided"]["steps"] == rows["guided"]["steps"] == last["guided"]["step"]
+    assert last["unguided"]["step"] == last["guided"]["step"]
+    assert "steps: " in (out / "runs" / "unguided" / "config.yaml").read_text()
+    assert rows["guided"]["train_seconds"] > 0
+    report = (out / "report.md").read_text()
+    assert f"| {rows['guided']['steps']} |" in report and "equal compute" in report
+
+
 def test_report_opens_with_the_verdict_and_states_time_and_seed(tiny):
     out, result, _, _ = tiny
     rows = json.loads((out / "results.json").read_text())
@@ -73,21 +88,27 @@ def test_report_opens_with_the_verdict_and_states_time_and_seed(tiny):
 
 def test_verdict_names_what_the_guided_model_did_better_and_the_share_of_the_upper_bound():
     rows = {"unguided": {"test_map": 0.6, "test_cam_miou": 0.25, "pseudo_miou_crf": 0.35, "segmenter_miou": 0.3},
-            "guided": {"test_map": 0.6, "test_cam_miou": 0.45, "pseudo_miou_crf": 0.9, "segmenter_miou": 0.6},
+            "guided": {"test_map": 0.6, "test_cam_miou": 0.45, "pseudo_miou_crf": 0.9, "segmenter_miou": 0.6,
+                       "test_worst_group_accuracy": 0.3},
             "true masks": {"segmenter_miou": 0.75}}
     first, second, third = demo.verdict(rows)
+    assert "worst-group" not in first.split("**")[1]  # not better: the unguided row has no value
     assert "in CAM mIoU, CRF pseudo-label mIoU, segmenter mIoU**" in first  # mAP equal: not better
     assert "test mAP 0.600 against 0.600 (+0.000)" in first and "(+0.200)" in first
+    assert "worst-group accuracy (its worst (class, background) group) —," in first  # unguided lacks it
     assert "0.900 against 0.350 (+0.550)" in second and "0.600 against 0.300 (+0.300)" in second
     assert "0.750" in third and "80 % of it" in third
     rows["guided"] = dict.fromkeys(rows["guided"], 0.1)
-    assert "beats unguided in nothing" in demo.verdict(rows)[0]
+    assert "beats unguided at equal steps in nothing" in demo.verdict(rows)[0]
 
 
 def test_progress_per_stage_with_time_left(tiny):
     _, _, text, _ = tiny
+    places = []
     for i, stage in enumerate(demo.STAGES, 1):
         assert f"{i}/{len(demo.STAGES)} {stage}" in text
+        places.append(text.index(f"{i}/{len(demo.STAGES)} {stage}"))
+    assert places == sorted(places)  # the stages run in the order they are numbered
     assert text.count(" left") == len(demo.STAGES) - 1
     assert "seed 3" in text and "--guidance auto" in text
 

@@ -3,6 +3,7 @@
 Commands:
     attnguide train --data PATH --model NAME --guidance {none,self,ext,rrr,bg,swap,ext+rrr,...} ...
     attnguide data scenes OUT [--n-train N ...]
+    attnguide data composite OUT --objects DIR --backgrounds DIR [--bias P ...]
 
 The options of ``train`` (and of ``pseudo-label`` and ``segment``) are generated
 from their options dataclass (:class:`attnguide.engine.TrainConfig`; one option per
@@ -38,6 +39,7 @@ import typer
 from attnguide.cli import demo, export, seg, viz
 from attnguide.cli.common import console, setup_logging, with_config
 from attnguide.data import make_scenes
+from attnguide.data.composite import make_composite
 from attnguide.engine.config import TrainConfig, config_from_options
 from attnguide.engine.options import typer_parameters
 from attnguide.engine.progress import Reporter
@@ -126,6 +128,40 @@ def data_scenes(
                        overwrite=overwrite)
     console().print(f"scenes data set written to {path} "
                      f"({n_train} train, {n_val} val, {n_test} test images, {image_size} px)", soft_wrap=True)
+
+
+@data_app.command("composite")
+@with_config("composite")
+def data_composite(
+    out: Path = typer.Argument(..., help="folder to write"),
+    objects: Path = typer.Option(..., "--objects", help="folder of class sub-folders of RGBA cut-outs (alpha = mask)"),
+    backgrounds: Path = typer.Option(..., "--backgrounds", help="folder of pool sub-folders of photos (one pool per bias attribute value)"),
+    n_train: int = typer.Option(1000, help="training images (train_unbiased.csv has as many)"),
+    n_val: int = typer.Option(200, help="validation images"),
+    n_test: int = typer.Option(400, help="test images"),
+    image_size: int = typer.Option(64, help="side S of the S x S images"),
+    bias: float = typer.Option(0.95, help="probability that a train image's background comes from its class's pool"),
+    min_objects: int = typer.Option(1, help="objects per image, at least"),
+    max_objects: int = typer.Option(1, help="objects per image, at most (up to 3; 1 and 1: single-label)"),
+    object_scale: tuple[float, float] = typer.Option((0.4, 0.7), help="an object's longer side, as shares of S (low high)"),
+    held_out: float = typer.Option(0.3, help="share of each class's cut-outs (and each pool's photos) kept for val/test"),
+    seed: int = typer.Option(0, help="same seed and inputs, same files"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a composite folder made with other settings"),
+) -> None:
+    """Paste cut-outs on background photos (Waterbirds-style): a folder data set with exact masks,
+    a background shortcut in train, and groups.csv (image, class, bias).
+
+    Example:
+
+      attnguide data composite data/birds --objects cutouts/ --backgrounds photos/ --bias 0.95
+    """
+    path = make_composite(out, objects=objects, backgrounds=backgrounds, n_train=n_train, n_val=n_val,
+                          n_test=n_test, image_size=image_size, bias=bias, min_objects=min_objects,
+                          max_objects=max_objects, object_scale=tuple(object_scale), held_out=held_out,
+                          seed=seed, overwrite=overwrite)
+    console().print(f"composite data set written to {path} "
+                    f"({n_train} train, {n_val} val, {n_test} test images, {image_size} px, bias {bias})",
+                    soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- other modules' commands

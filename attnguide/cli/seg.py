@@ -7,7 +7,8 @@
     attnguide segment --data PATH --labels DIR --arch deeplabv3plus --encoder resnet50 --out RUN ...
                       [--mode sec --fg-fraction 0.2 --bg-threshold 0.05 --constrain-weight 1]
     attnguide evaluate --pred DIR --data PATH --split val [--json FILE] [--markdown FILE]
-    attnguide predict RUN --images DIR_OR_FILES --out DIR [--overlay]
+    attnguide evaluate --run RUN --data PATH --split test [--json FILE]
+    attnguide predict RUN --images DIR_OR_FILES --out DIR [--overlay] [--resume]
 
 The options of ``pseudo-label`` and ``segment`` are generated from
 :class:`~attnguide.tasks.pseudo_labels.PseudoLabelConfig` and
@@ -30,9 +31,15 @@ from attnguide.cli.common import console, setup_logging, stdout, with_config
 from attnguide.engine.options import from_command_line, typer_parameters
 from attnguide.engine.progress import Reporter
 from attnguide.engine.segment_config import SegmentConfig, config_from_options
+from attnguide.errors import AttnGuideError
 from attnguide.io.atomic import atomic_write
 from attnguide.tasks.common import metrics_table, write_json
-from attnguide.tasks.evaluate import evaluate_predictions
+from attnguide.tasks.evaluate import (
+    classifier_markdown,
+    classifier_table,
+    evaluate_classifier,
+    evaluate_predictions,
+)
 from attnguide.tasks.prediction import predict
 from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
 from attnguide.tasks.segmentation import segment
@@ -66,7 +73,7 @@ def pseudo_label_command(**options: Any) -> None:
     setup_logging(cfg.quiet)
     out = console()
     result = pseudo_label(cfg, console=out)
-    if not cfg.quiet:
+    if not cfg.quiet and int(os.environ.get("RANK", "0")) == 0:  # torchrun: one line, rank 0
         parts = [f"{result.written} pseudo labels written to {result.out}"]
         if result.skipped:
             parts.append(f"{result.skipped} skipped (done)")
@@ -125,23 +132,36 @@ def _segment_signature() -> inspect.Signature:
 
 @with_config("evaluate")
 def evaluate_command(
-    pred: Path = typer.Option(..., "--pred", help="folder of predicted label-map PNGs (<name>.png)"),
+    pred: Path | None = typer.Option(None, "--pred", help="folder of predicted label-map PNGs (<name>.png)"),
+    run: str | None = typer.Option(None, "--run", help="instead of --pred: a trained classifier (run folder, checkpoint, model folder) to score on --data --split: accuracy, mAP, CAM mIoU, worst-group"),
     data: str | None = typer.Option(None, "--data", help="data set folder: ground truth of --split (and class names)"),
     split: str = typer.Option("val", "--split", help="split whose masks are the ground truth"),
     gt: Path | None = typer.Option(None, "--gt", help="folder of ground-truth PNGs instead of a data set split"),
     classes: str | None = typer.Option(None, "--classes", help="with --gt: classes.txt or 'cat,dog' (background excluded)"),
     json_file: Path | None = typer.Option(None, "--json", help="write the metrics as JSON here"),
     markdown: Path | None = typer.Option(None, "--markdown", help="write the IoU table as Markdown here"),
+    device: str = typer.Option("auto", "--device", help="with --run: auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
-    """mIoU of a folder of predicted label maps against a split's masks (or a GT folder).
+    """mIoU of a folder of predicted label maps against a split's masks (or a GT folder), or
+    with --run the metrics of a trained classifier on a split.
 
     Prints a per-class IoU table; --json writes miou, pixel_accuracy,
-    per_class (name -> IoU), confusion and class_names.
+    per_class (name -> IoU), confusion and class_names. With --run: accuracy, mAP, CAM mIoU
+    and worst-group / mean per-group accuracy over the (class, bias) groups of groups.csv
+    (or the scenes' backgrounds).
 
-    Example:
+    Examples:
 
       attnguide evaluate --pred preds/val --data data/scenes --split val --json val.json
+
+      attnguide evaluate --run runs/ext --data data/birds --split test --json test.json
     """
+    if run is not None:
+        _evaluate_classifier_command(run, pred, gt, data, split, device, json_file, markdown)
+        return
+    if pred is None:
+        raise AttnGuideError("missing --pred: pass --pred DIR (predicted label maps) or --run RUN (a trained "
+                             "classifier), on the command line or in the --config file")
     metrics = evaluate_predictions(pred, data=data, split=split, gt=None if gt is None else str(gt),
                                    classes=classes)
     where = f"split {split!r}" if gt is None else str(gt)
@@ -151,6 +171,19 @@ def evaluate_command(
                                "ground_truth": str(gt) if gt is not None else {"data": data, "split": split}})
     if markdown is not None:
         atomic_write(markdown, (metrics.to_markdown() + "\n").encode())
+
+
+def _evaluate_classifier_command(run, pred, gt, data, split, device, json_file, markdown) -> None:
+    if pred is not None or gt is not None:
+        raise AttnGuideError("--run scores a classifier on --data --split; drop --pred / --gt (or drop --run)")
+    if data is None:
+        raise AttnGuideError("--run needs --data PATH (and --split NAME) to score the classifier on")
+    metrics = evaluate_classifier(run, data, split, device=device)
+    stdout().print(classifier_table(metrics, title=f"{run} on split {split!r} of {data}"))
+    if json_file is not None:
+        write_json(json_file, metrics)
+    if markdown is not None:
+        atomic_write(markdown, classifier_markdown(metrics).encode())
 
 
 # ---------------------------------------------------------------------- predict
@@ -167,23 +200,28 @@ def predict_command(
     crf: bool = typer.Option(False, "--crf/--no-crf", help="also write dense-CRF post-processed maps to OUT/crf/"),
     crf_params: str = typer.Option("deeplab", "--crf-params", help="CRF preset irn, psa or deeplab, then overrides"),
     workers: int = typer.Option(0, "--workers", help="CRF worker processes"),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="skip images whose output files exist (same segmenter and CRF options)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Label maps (and colour overlays) of a trained segmenter for a folder of images.
 
+    Writes OUT/predict.json (counts, time, settings). Under torchrun each process
+    predicts its share of the images.
+
     Examples:
 
       attnguide predict runs/seg --images photos/ --out preds --overlay
 
-      attnguide predict runs/seg --data data/scenes --split val --out preds/val
+      attnguide predict runs/seg --data data/scenes --split val --out preds/val --resume
     """
     setup_logging(quiet)
     written = predict(run, out, images=images or None, data=data, split=split, overlay=overlay, crf=crf,
-                      crf_params=crf_params, workers=workers, device=device, quiet=quiet,
+                      crf_params=crf_params, workers=workers, resume=resume, device=device, quiet=quiet,
                       console=console())
-    if not quiet:
-        console().print(f"{len(written)} label maps written to {out}", soft_wrap=True)
+    if not quiet and int(os.environ.get("RANK", "0")) == 0:  # torchrun: one line, rank 0
+        skipped = f", {written.skipped} skipped (done)" if written.skipped else ""
+        console().print(f"{len(written)} label maps written to {out}{skipped}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- registration

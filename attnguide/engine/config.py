@@ -17,16 +17,19 @@ from typing import Any
 
 from attnguide.core.guidance import (  # noqa: F401 - the guidance words belong to the options
     AUTO_GUIDANCE,
+    AVOID_SOURCES,
     GUIDANCE_PARTS,
     SWAP_SOURCES,
     guidance_parts,
     needs_masks,
+    parse_annotation_kinds,
     resolve_guidance,
     resolve_swap_source,
 )
 from attnguide.core.guide import GuidedAttention
 from attnguide.core.layers import LAYOUTS
 from attnguide.engine import options
+from attnguide.engine.loggers import require_loggers
 from attnguide.engine.options import Options
 from attnguide.errors import AttnGuideError
 from attnguide.io.checkpoints import CLASSIFIER
@@ -67,7 +70,7 @@ class TrainConfig(Options):
     layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
 
     # --- guided attention (GAIN)
-    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); or joined: ext+swap. All but self need masks
+    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); energy, box_l1 (boxes); point (clicks); avoid (avoid regions); or joined: ext+swap, self+energy (am = self). ext, rrr, bg, swap need masks (or scribbles); auto adds energy, point, avoid for boxes, points, avoid named by --annotations
     warmup_epochs: int = 1  # classification-only epochs before L_am is switched on
     alpha: float = 1.0  # weight of the attention-mining loss L_am (paper: 1)
     omega: float = 10.0  # weight of the pixel-mask loss L_e of GAIN_ext (paper: 10)
@@ -85,10 +88,19 @@ class TrainConfig(Options):
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap)
     swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention), or auto (masks, which worked better)
+    annotations: str = "auto"  # annotation kinds that feed the terms: auto (every kind of the training split that --guidance uses) or a ','-joined list of masks, scribbles, boxes, points, avoid (CSV columns mask, scribble, boxes, points, avoid; VOC: boxes from Annotations/*.xml, read only when named)
+    annotated: str | None = None  # images whose boxes, points and avoid regions feed the terms: same (None: the --pixel-labels draw, among images with any chosen kind), or a draw of their own, all, a count N or "10%" (then --pixel-labels counts masks and scribbles only: 200 masks beside every image's boxes is --pixel-labels 200 --annotated all)
+    energy_weight: float = 1.0  # weight of the energy loss on boxes, 1 - share of attention inside the class's boxes (with --guidance energy, e.g. self+energy)
+    box_l1_weight: float = 1.0  # weight of the L1 loss on attention outside the boxes (with --guidance box_l1)
+    point_weight: float = 1.0  # weight of the point loss, the attention peak near each click (with --guidance point)
+    point_sigma: float = 0.05  # spread of a click's Gaussian, as a share of the image's shorter side
+    avoid_weight: float = 1.0  # weight of the share of attention inside avoid regions (with --guidance avoid)
+    avoid_source: str = "attention"  # what must not look at avoid regions: attention (CAMs of the positive classes) or input_grad (RRR's input gradient, no CAM)
     guide_options: dict[str, Any] = field(default_factory=dict)  # more GuidedAttention kwargs without an option of their own: fill, isolate_batchnorm, layout, check_finite (config file only)
 
     # --- optimisation
     epochs: int = 10  # training epochs
+    steps: int | None = None  # total optimizer steps: the run ends there and the LR schedule spans them (None = epochs x steps per epoch). Gives an unguided baseline the step count of a guided run (see --labelled-share)
     batch_size: int = 32  # GLOBAL batch size (split evenly over DDP processes)
     optimizer: str = "sgd"  # sgd (momentum, nesterov off) or adamw
     lr: float = 0.01  # peak learning rate
@@ -117,7 +129,9 @@ class TrainConfig(Options):
     seed: int = 0  # seed of weights, data order, augmentation and the pixel-label draw
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
-    tensorboard: bool = False  # TensorBoard logs in RUN/tensorboard
+    tensorboard: bool = False  # TensorBoard logs in RUN/tensorboard (the same as --logger tensorboard)
+    logger: str = "none"  # experiment loggers fed each step and epoch: tensorboard (RUN/tensorboard), wandb (offline unless WANDB_MODE says otherwise; RUN/wandb), both as tensorboard,wandb, or none
+    wandb_project: str = "attnguide"  # W&B project of --logger wandb
     quiet: bool = False  # no progress bar and no per-epoch lines
 
     def validate(self) -> TrainConfig:
@@ -125,6 +139,10 @@ class TrainConfig(Options):
         guidance_parts(self.guidance)
         _choice("ext_classes", self.ext_classes, EXT_CLASSES)
         _choice("swap_source", self.swap_source, SWAP_SOURCES)
+        _choice("avoid_source", self.avoid_source, AVOID_SOURCES)
+        parse_annotation_kinds(self.annotations)
+        if not self.point_sigma > 0:
+            raise AttnGuideError(f"--point-sigma must be > 0 (e.g. 0.05), got {self.point_sigma}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
@@ -138,12 +156,16 @@ class TrainConfig(Options):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
-                     "rrr_weight", "bg_weight", "swap_weight"):
+                     "rrr_weight", "bg_weight", "swap_weight", "energy_weight", "box_l1_weight",
+                     "point_weight", "avoid_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise AttnGuideError(f"--steps must be at least 1 (or left out for --epochs), got {self.steps}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise AttnGuideError(f"--lr must be > 0 (a peak learning rate such as 0.01), got {self.lr}")
         check_guide_options(self.guide_options, "TrainConfig")
+        require_loggers(self.logger, self.tensorboard)
         if self.labelled_share is not None and not 0 <= self.labelled_share <= 1:
             raise AttnGuideError(f"--labelled-share must lie in [0, 1], got {self.labelled_share}")
         if not 0 <= self.cam_threshold <= 1:
@@ -155,7 +177,7 @@ class TrainConfig(Options):
         parts = guidance_parts(self.guidance)
         if "ext" in parts and self.omega == 0:
             raise AttnGuideError("--guidance ext with --omega 0 is GAIN_self: use --guidance self")
-        for part in ("bg", "swap", "rrr"):
+        for part in ("bg", "swap", "rrr", "energy", "box_l1", "point", "avoid"):
             if part in parts and getattr(self, f"{part}_weight") == 0:
                 raise AttnGuideError(f"--guidance {part} with --{part}-weight 0 adds nothing: "
                                      "give a weight > 0")
@@ -211,12 +233,13 @@ def check_guide_options(values: Any, source: str) -> None:
             raise AttnGuideError(f"{where} must be {words}, got {value!r}")
 
 
-def resolve_auto(cfg: TrainConfig, has_masks: bool) -> str | None:
-    """Resolve ``cfg``'s auto options in place once the training split is known; return
-    the line that says what ``--guidance auto`` became (None when it was not auto)."""
+def resolve_auto(cfg: TrainConfig, has_masks: bool, kinds=()) -> str | None:
+    """Resolve ``cfg``'s auto options in place once the training split is known (with pixel
+    masks or not, the other annotation kinds it has); return the line that says what
+    ``--guidance auto`` became (None when it was not auto)."""
     note = None
     if cfg.guidance == "auto":
-        cfg.guidance = resolve_guidance("auto", has_masks)
+        cfg.guidance = resolve_guidance("auto", has_masks, kinds)
         note = f"--guidance auto: {cfg.guidance}"
     parts = guidance_parts(cfg.guidance)
     cfg.swap_source = resolve_swap_source(cfg.swap_source)

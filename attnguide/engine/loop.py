@@ -43,7 +43,7 @@ from attnguide.engine import state as loop_state
 from attnguide.engine.distributed import DistInfo, all_reduce_sum, resolve_device, setup_distributed
 from attnguide.engine.progress import Reporter
 from attnguide.errors import AttnGuideError
-from attnguide.io.atomic import atomic_write
+from attnguide.io.atomic import atomic_write, clean_stale
 from attnguide.io.checkpoints import read_checkpoint, resolve_checkpoint, save_checkpoint
 from attnguide.io.runs import check_run_folder
 
@@ -163,6 +163,8 @@ class Loop:
         check_run_folder(self.run_dir, resume=cfg.resume, overwrite=getattr(cfg, "overwrite", False))
         if not cfg.resume:
             return None
+        if self.dist.is_main and self.run_dir.is_dir():
+            clean_stale(self.run_dir)  # a killed run's half-written files (never a live writer's)
         self.resume_path = resolve_checkpoint(cfg.resume, prefer="last")
         return read_checkpoint(self.resume_path, kind)
 

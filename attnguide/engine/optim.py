@@ -1,7 +1,8 @@
 """Optimizers and per-iteration learning-rate schedules.
 
 The schedule is a factor of the peak ``lr`` as a function of the iteration
-``t`` (0-based) out of ``T = epochs * steps_per_epoch``:
+``t`` (0-based) out of ``T = steps`` when the run sets ``steps``, else
+``epochs * steps_per_epoch``:
 
 - ``cosine``: ``min + (1 - min) * (1 + cos(pi t / T)) / 2``
 - ``poly``: ``min + (1 - min) * (1 - t / T) ** poly_power`` (DeepLab)
@@ -31,9 +32,14 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``cfg.steps``, else ``epochs`` whole epochs."""
+    return cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+
+
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """The schedule's factor of ``cfg.lr`` at iteration t (see the module doc)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, total_steps(cfg, steps_per_epoch))
     floor = min(1.0, cfg.min_lr / cfg.lr)
     step_every = max(1, (cfg.step_epochs or max(1, cfg.epochs // 3)) * steps_per_epoch)
     warm = cfg.lr_warmup_steps
@@ -62,4 +68,5 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm replaced by SyncBatchNorm (DDP on CUDA)."""
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)

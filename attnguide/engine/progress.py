@@ -19,6 +19,7 @@ from rich.progress import (
 
 
 def make_console() -> Console:
+    """The rich console attnguide prints progress and messages to (stderr, no highlighting)."""
     return Console(stderr=True, highlight=False)
 
 

@@ -27,36 +27,50 @@ Evaluation (rank 0):
   segmentation over background + classes (255 ignored), accumulated over the
   split; ``val_attention_inside`` the mean share of a map's attention mass that
   falls inside its class's mask; ``val_attention_area`` the mean map value.
+- When the split has (class, bias attribute) groups (``groups.csv``, or the scenes'
+  background / cue column: :mod:`attnguide.data.groups`): ``val_worst_group_accuracy``
+  and ``val_mean_group_accuracy`` over the non-empty groups (multi-label: per
+  (image, class) pair, right when the class's sigmoid is >= 0.5).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from attnguide.constants import IGNORE
-from attnguide.core.guidance import guide_kwargs
+from attnguide.core.guidance import (
+    PART_KINDS,
+    check_annotation_kinds,
+    guidance_kinds,
+    guidance_parts,
+    guide_kwargs,
+    parse_annotation_kinds,
+    uses_annotations,
+)
 from attnguide.core.guide import GuidedAttention, extract_logits
 from attnguide.core.hooks import eval_mode
 from attnguide.core.losses import classification_loss
 from attnguide.data import open_dataset
+from attnguide.data.groups import Groups, dataset_groups
 from attnguide.engine import state as ckpt_state
 from attnguide.engine.config import TrainConfig, needs_masks, resolve_auto, save_config
-from attnguide.engine.loader import EpochBatchSampler, make_loader
+from attnguide.engine.loader import EpochBatchSampler, batch_targets, make_loader
+from attnguide.engine.loggers import RunLogger, TensorBoardLogger, open_loggers
 from attnguide.engine.loop import Loop, RunResult
 from attnguide.engine.metrics import (
+    AttentionArea,
+    AttentionInside,
+    CamMIoU,
+    WorstGroupAccuracy,
     accuracy,
-    attention_inside,
-    cam_segmentation,
-    confusion_matrix,
-    iou_from_confusion,
+    gt_classes,
     mean_average_precision,
-    mean_iou,
+    pair_predictions,
 )
 from attnguide.engine.optim import build_optimizer, build_scheduler
 from attnguide.errors import AttnGuideError
@@ -82,13 +96,19 @@ def _pixel_labels(value: str | None) -> int | str | None:
     return text
 
 
+def _annotated(value: str | None) -> int | str | None:
+    """``--annotated``: None -> "same" (the --pixel-labels draw), else like --pixel-labels."""
+    return "same" if value is None or str(value).strip().lower() == "same" else _pixel_labels(value)
+
+
 def open_splits(cfg: TrainConfig):
     """The training split (augmented, its pixel-label draw) and the validation split (plain,
     the training split's data mode; None without ``val_split``) of a run, as every training
     front end (the engine, Lightning, Accelerate) opens them."""
     train_ds = open_dataset(cfg.data, cfg.train_split, cfg.image_size, train=True,
                             pixel_labels=_pixel_labels(cfg.pixel_labels), seed=cfg.seed,
-                            mode=cfg.data_mode)
+                            mode=cfg.data_mode, annotations=cfg.annotations,
+                            annotated=_annotated(cfg.annotated))
     val_ds = None
     if cfg.val_split:
         val_ds = open_dataset(cfg.data, cfg.val_split, cfg.image_size, train=False,
@@ -99,11 +119,41 @@ def open_splits(cfg: TrainConfig):
     return train_ds, val_ds
 
 
+def resolve_annotations(cfg: TrainConfig, train_ds) -> str | None:
+    """Settle what supervises attention once the training split is open, as every front end
+    (the engine, Lightning, Accelerate) does: ``--guidance auto`` from the split's masks and
+    the other kinds that ``--annotations`` names (`resolve_auto`; ``--annotations auto`` leaves
+    auto on masks alone), ``--annotations`` checked against the guidance,
+    the split narrowed to the kinds the guidance uses (masks are always kept) and its
+    labelled images drawn among them. Returns the ``--guidance auto`` line (or None).
+
+    Raises when the guidance needs a kind that no selected image has."""
+    kinds = train_ds.annotation_kinds & train_ds.available_kinds()
+    has_masks = "mask" in kinds and any(train_ds.samples[i].mask_path is not None
+                                        for i in train_ds.mask_labelled)
+    asked = parse_annotation_kinds(cfg.annotations)
+    # --guidance auto adds box / click / avoid terms only for kinds that --annotations names
+    # (with --annotations auto it stays the measured mask defaults)
+    note = resolve_auto(cfg, has_masks, kinds & asked if asked is not None else ())
+    if asked is not None:
+        check_annotation_kinds(cfg.guidance, asked - {"mask"})
+    train_ds.use_annotations((guidance_kinds(cfg.guidance) & kinds) | ({"mask"} & kinds))
+    for part in sorted(guidance_parts(cfg.guidance) - {"self", "ext", "rrr", "bg", "swap"}):
+        want = set(PART_KINDS[part])
+        if not any(train_ds.samples[i].kinds & want for i in train_ds.box_labelled):
+            said = ", ".join(sorted(want))
+            raise AttnGuideError(
+                f"--guidance {cfg.guidance} uses {said} ({part}), but no selected image of split "
+                f"{cfg.train_split!r} has them; add a {said} column to the CSV (VOC boxes: "
+                f"--annotations boxes), check --annotations and --pixel-labels, or drop {part}")
+    return note
+
+
 def _mask_words(ds, cfg: TrainConfig) -> str:
     """What the training split offers L_e: "has pixel masks", "has no pixel masks", or
     "has 12 masks of which --pixel-labels 0 selects none"."""
-    if ds.pixel_labelled:
-        return "has pixel masks"
+    if any(ds.samples[i].kinds & ds.annotation_kinds & {"mask", "scribble"} for i in ds.mask_labelled):
+        return "has pixel masks"  # or scribbles, sparse masks
     with_mask = sum(sample.mask_path is not None for sample in ds.samples)
     if not with_mask:
         return "has no pixel masks"
@@ -128,17 +178,17 @@ class Trainer(Loop):
         self.class_names = list(self.train_ds.class_names)
         self.multilabel = bool(self.train_ds.multilabel)
         # said when training starts, not before a set-up error
-        self.auto_note = resolve_auto(cfg, bool(self.train_ds.pixel_labelled))
+        self.auto_note = resolve_annotations(cfg, self.train_ds)
         masks = _mask_words(self.train_ds, cfg)
         if self.auto_note:
             self.auto_note += f"; split {cfg.train_split!r} {masks}"
         kind = "multi-label" if self.multilabel else "single-label"
         self.mode_note = f"data: {kind} ({self.train_ds.mode_reason}; see --data-mode)"
-        if needs_masks(cfg.guidance) and not self.train_ds.pixel_labelled:
+        if needs_masks(cfg.guidance) and masks != "has pixel masks":
             raise AttnGuideError(
                 f"--guidance {cfg.guidance} needs pixel masks, but split {cfg.train_split!r} {masks}; "
                 "add masks, raise --pixel-labels or use --guidance self")
-        if cfg.labelled_share and not needs_masks(cfg.guidance):
+        if cfg.labelled_share and not uses_annotations(cfg.guidance):
             raise AttnGuideError(f"--labelled-share {cfg.labelled_share} puts pixel-labelled images in every "
                                  f"batch, but --guidance {cfg.guidance} uses no masks; drop it or use ext, swap, ...")
         if cfg.batch_size % self.dist.world_size:
@@ -146,7 +196,7 @@ class Trainer(Loop):
                 f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
                 f"{self.dist.world_size} processes")
         self.local_batch = cfg.batch_size // self.dist.world_size
-        per_batch = round(cfg.labelled_share * self.local_batch) if needs_masks(cfg.guidance) else 0
+        per_batch = round(cfg.labelled_share * self.local_batch) if uses_annotations(cfg.guidance) else 0
         self.sampler = EpochBatchSampler(len(self.train_ds), self.local_batch, cfg.seed,
                                          self.dist.rank, self.dist.world_size,
                                          labelled=self.train_ds.pixel_labelled, labelled_per_batch=per_batch)
@@ -154,6 +204,9 @@ class Trainer(Loop):
                                   pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.epochs = cfg.epochs
+        if cfg.steps is not None:  # a step budget: the last epoch may end early
+            self.total_steps = cfg.steps
+            self.epochs = math.ceil(cfg.steps / self.steps_per_epoch)
 
         # ---- resume: check before building anything expensive
         state = self.read_resume(CLASSIFIER)
@@ -195,7 +248,7 @@ class Trainer(Loop):
         self.best_metric = cfg.best_metric
         if self.best_metric == "auto":
             self.best_metric = ("val_map" if self.multilabel else "val_accuracy") if self.val_ds else "train_loss"
-        self.tb: TensorBoardLog | None = None
+        self.tb: RunLogger | None = None  # the --logger back ends (main process)
 
     # ------------------------------------------------------------------ the loop's hooks
 
@@ -217,12 +270,14 @@ class Trainer(Loop):
 
     def on_fit_start(self) -> None:
         cfg = self.cfg
-        if cfg.guidance != "none" and cfg.warmup_epochs >= cfg.epochs:
-            self.reporter.warn(f"--warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: "
+        if cfg.guidance != "none" and cfg.warmup_epochs >= self.epochs:
+            self.reporter.warn(f"--warmup-epochs {cfg.warmup_epochs} >= the run's {self.epochs} epochs: "
                                "guided attention is never switched on")
-        if cfg.tensorboard and self.dist.is_main:
-            self.tb = TensorBoardLog(self.run_dir / "tensorboard")
-            self.callbacks.insert(0, self.tb)
+        if self.dist.is_main:  # --logger / --tensorboard (engine/loggers.py); None for none
+            self.tb = open_loggers(cfg.logger, self.run_dir, cfg.to_dict(), tensorboard=cfg.tensorboard,
+                                   project=cfg.wandb_project, resume=bool(cfg.resume))
+            if self.tb is not None:
+                self.callbacks.insert(0, self.tb)
 
     def on_step(self) -> None:
         if self.tb is not None:
@@ -253,11 +308,8 @@ class Trainer(Loop):
         labels = batch["labels"].to(device, non_blocking=True)  # (B, C) multi-hot
         if not self.multilabel:
             labels = labels.argmax(dim=1)  # (B,)
-        masks = None
-        if guided and needs_masks(cfg.guidance) and bool(batch["pixel_label"].any()):
-            keep = batch["pixel_label"][:, None, None]
-            masks = torch.where(keep, batch["mask"], torch.full_like(batch["mask"], IGNORE))  # (B, S, S)
-            masks = masks.to(device, non_blocking=True)
+        # (B, S, S) masks, an Annotations of every kind, or None: one path for all of them
+        masks = batch_targets(batch, cfg.guidance, guided, device)
         with self.autocast():
             out = self.module(images, labels, masks, guidance=guided)
         area = out.stats.get("attention_area", out.losses["area"]) if out.stats else out.losses["area"]
@@ -301,58 +353,34 @@ class Trainer(Loop):
                         cam_threshold=self.cfg.cam_threshold, autocast=self.autocast)
 
 
-class TensorBoardLog:
-    """``--tensorboard``: the running loss and LR per iteration, each epoch's numbers per epoch."""
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise AttnGuideError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(str(folder))
-
-    def step(self, loop: Trainer) -> None:
-        self.writer.add_scalar("train/loss_step", float(loop.sums[0] / loop.sums[IMAGES]), loop.step)
-        self.writer.add_scalar("train/lr", loop.scheduler.get_last_lr()[0], loop.step)
-
-    def on_epoch_end(self, loop: Trainer, record: dict[str, Any]) -> None:
-        for key, val in record.items():
-            if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
-                self.writer.add_scalar(("val/" if key.startswith("val_") else "train/") + key,
-                                       val, record["epoch"])
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _gt_classes(labels: Tensor, multilabel: bool) -> tuple[Tensor, Tensor]:
-    """(N, C) multi-hot -> classes (N, K) padded with each row's first class, present (N, K)."""
-    if not multilabel:
-        return labels.argmax(dim=1, keepdim=True), torch.ones(len(labels), 1, dtype=torch.bool)
-    pos = labels >= 0.5
-    k = max(1, int(pos.sum(1).max()))
-    # positives first, in class order; padding repeats the first positive
-    order = torch.sort((~pos).int(), dim=1, stable=True).indices[:, :k]  # (N, K)
-    present = pos.gather(1, order)
-    classes = torch.where(present, order, order[:, :1])
-    return classes, present
+class TensorBoardLog(TensorBoardLogger):
+    """``--tensorboard`` (``--logger tensorboard``): :class:`attnguide.engine.loggers.TensorBoardLogger`
+    under the name earlier versions had; the metric names are those of ``metrics.jsonl``."""
 
 
 @torch.no_grad()
 def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_size: int = 32,
-             workers: int = 0, cam_threshold: float = 0.15, autocast=contextlib.nullcontext) -> dict[str, Any]:
+             workers: int = 0, cam_threshold: float = 0.15, autocast=contextlib.nullcontext,
+             groups: Groups | str | None = "auto", group_table: bool = False) -> dict[str, Any]:
     """Classification and attention metrics of ``guide`` on ``dataset`` (see the module doc).
 
-    Returns a dict with ``val_loss``, ``val_accuracy``, ``val_map`` (multi-label), and on
-    images with masks ``val_cam_miou``, ``val_cam_iou`` (per class, background first),
-    ``val_attention_inside``, ``val_attention_area``.
+    Args:
+        groups: the (class, bias) groups of ``dataset``: ``"auto"`` reads them
+            (:func:`attnguide.data.groups.dataset_groups`: ``groups.csv``, or the scenes'
+            background / cue column), None skips the group metrics.
+        group_table: also return ``val_group_accuracy``, {class: {bias: accuracy or None}}.
+
+    Returns a dict with ``val_loss``, ``val_accuracy``, ``val_map`` (multi-label); on images
+    with masks ``val_cam_miou``, ``val_cam_iou`` (per class, background first),
+    ``val_attention_inside``, ``val_attention_area``; with groups
+    ``val_worst_group_accuracy``, ``val_mean_group_accuracy`` and ``val_groups`` (how many
+    non-empty groups). Every metric is an :mod:`attnguide.metrics` class.
     """
     n_classes = dataset.num_classes
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, drop_last=False)
     loader = make_loader(dataset, sampler, 0, workers)
-    logits_all, labels_all = [], []
-    conf = torch.zeros(n_classes + 1, n_classes + 1, dtype=torch.int64)
-    inside_sum, inside_n, area_sum, area_n = 0.0, 0, 0.0, 0
+    logits_all, labels_all, index_all = [], [], []
+    cam, inside, area = CamMIoU(n_classes, cam_threshold), AttentionInside(), AttentionArea()
     loss_sum = 0.0
     with eval_mode(guide.model):
         for batch in loader:
@@ -364,22 +392,20 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
             loss_sum += float(classification_loss(logits, targets)) * len(images)
             logits_all.append(logits)
             labels_all.append(labels)
+            index_all.append(torch.as_tensor(batch["index"]))
             masks = batch["mask"]
             has_mask = (masks != IGNORE).flatten(1).any(1)
             if not bool(has_mask.any()):
                 continue
             idx = has_mask.nonzero().squeeze(1)
-            classes, present = _gt_classes(labels[idx], multilabel)
+            classes, present = gt_classes(labels[idx], multilabel)
             with torch.enable_grad():
                 maps = guide.attention(images[idx.to(device)], classes.to(device), resize=True,
                                        normalize=True).float().cpu()  # (n, K, S, S)
-            seg = cam_segmentation(maps, classes, present, cam_threshold)
-            conf += confusion_matrix(seg, masks[idx], n_classes + 1)
-            s, n = attention_inside(maps, classes, present, masks[idx])
-            inside_sum, inside_n = inside_sum + s, inside_n + n
-            area_sum += float((maps.mean(dim=(2, 3)) * present).sum())
-            area_n += int(present.sum())
-    logits = torch.cat(logits_all)
+            cam.update(maps, classes, masks[idx], present)
+            inside.update(maps, classes, masks[idx], present)
+            area.update(maps, classes, None, present)
+    logits = torch.cat(logits_all)  # (N, C) in dataset order
     labels = torch.cat(labels_all)
     out: dict[str, Any] = {
         "val_loss": loss_sum / len(logits),
@@ -387,9 +413,37 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
     }
     if multilabel:
         out["val_map"] = mean_average_precision(logits, labels)
-    if conf.sum() > 0:
-        out["val_cam_miou"] = mean_iou(conf)
-        out["val_cam_iou"] = [None if math.isnan(v) else v for v in iou_from_confusion(conf).tolist()]
-        out["val_attention_inside"] = inside_sum / inside_n if inside_n else None
-        out["val_attention_area"] = area_sum / area_n if area_n else None
+    if int(cam.confmat.sum()) > 0:
+        out["val_cam_miou"] = float(cam.compute())
+        out["val_cam_iou"] = [None if math.isnan(v) else v for v in cam.iou().tolist()]
+        out["val_attention_inside"] = float(inside.compute()) if int(inside.count) else None
+        out["val_attention_area"] = float(area.compute()) if int(area.count) else None
+    if isinstance(groups, str):
+        groups = dataset_groups(dataset) if groups == "auto" and hasattr(dataset, "samples") else None
+    if groups is not None and len(groups):
+        order = torch.cat(index_all)
+        scores = torch.empty_like(logits)
+        scores[order] = logits
+        out.update(group_metrics(scores, groups, n_classes, multilabel,
+                                 dataset.class_names if group_table else None))
+    return out
+
+
+def group_metrics(scores: Tensor, groups: Groups, num_classes: int, multilabel: bool,
+                  class_names: list[str] | None = None) -> dict[str, Any]:
+    """Worst-group and mean per-group accuracy of (N, C) scores over ``groups``' pairs
+    (:class:`attnguide.metrics.WorstGroupAccuracy`); with ``class_names`` also the table."""
+    metric = WorstGroupAccuracy(num_classes, len(groups.bias_names))
+    metric.update(pair_predictions(scores, groups.index, groups.classes, multilabel),
+                  groups.classes, groups.bias)
+    out: dict[str, Any] = {
+        "val_worst_group_accuracy": float(metric.compute()),
+        "val_mean_group_accuracy": float(metric.mean_group()),
+        "val_groups": metric.groups_counted(),
+    }
+    if class_names is not None:
+        table = metric.group_accuracies().tolist()
+        out["val_group_accuracy"] = {
+            name: {bias: None if math.isnan(v) else v for bias, v in zip(groups.bias_names, row, strict=True)}
+            for name, row in zip(class_names, table, strict=True)}
     return out

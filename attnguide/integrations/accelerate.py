@@ -25,6 +25,7 @@ the validation numbers (``val_*``, those of the engine) are computed on the main
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,8 @@ def fit(cfg: TrainConfig | dict[str, Any] | None = None, *, accelerator: Acceler
     guide, optimizer = acc.prepare(pieces.guide, optimizer)  # the scheduler steps once a step
     result = AccelerateResult(pieces, acc)
     metrics = ValidationMetrics(len(pieces.class_names), pieces.multilabel, cfg.cam_threshold, sync=False)
-    for epoch in range(cfg.epochs):
+    epochs = cfg.epochs if cfg.steps is None else math.ceil(cfg.steps / len(loader))
+    for epoch in range(epochs):
         sampler.set_epoch(epoch)
         pieces.model.train()
         total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # loss sum, images
@@ -102,6 +104,8 @@ def fit(cfg: TrainConfig | dict[str, Any] | None = None, *, accelerator: Acceler
             result.step += 1
             total += torch.stack([out.loss.detach().double() * len(images),
                                   torch.tensor(float(len(images)), dtype=torch.float64, device=acc.device)])
+            if cfg.steps is not None and result.step >= cfg.steps:
+                break
         total = acc.reduce(total, reduction="sum")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": result.step, "guided": pieces.guided(epoch),
                                   "train_loss": float(total[0] / total[1].clamp_min(1)),

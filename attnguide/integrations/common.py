@@ -30,16 +30,16 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from attnguide.constants import IGNORE
-from attnguide.core.guidance import guide_kwargs
+from attnguide.core.guidance import guide_kwargs, uses_annotations
 from attnguide.core.guide import GuidedAttention, extract_logits
 from attnguide.core.hooks import eval_mode
 from attnguide.core.losses import classification_loss
-from attnguide.engine.config import TrainConfig, needs_masks, resolve_auto
-from attnguide.engine.loader import EpochBatchSampler, make_loader
+from attnguide.engine.config import TrainConfig, needs_masks
+from attnguide.engine.loader import EpochBatchSampler, batch_targets, make_loader
 from attnguide.engine.metrics import accuracy, mean_average_precision
 from attnguide.engine.optim import build_optimizer, build_scheduler
 from attnguide.engine.state import seed_everything
-from attnguide.engine.trainer import open_splits
+from attnguide.engine.trainer import open_splits, resolve_annotations
 from attnguide.errors import AttnGuideError
 from attnguide.metrics import AttentionArea, AttentionInside, CamMIoU, PointingGame, gt_classes
 from attnguide.models.classifiers import create_model
@@ -84,7 +84,7 @@ class GuidedPieces:
             raise AttnGuideError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by "
                                  f"the {world_size} processes")
         local = cfg.batch_size // world_size
-        per_batch = round(cfg.labelled_share * local) if needs_masks(cfg.guidance) else 0
+        per_batch = round(cfg.labelled_share * local) if uses_annotations(cfg.guidance) else 0
         sampler = EpochBatchSampler(len(self.train_ds), local, cfg.seed, rank, world_size,
                                     labelled=self.train_ds.pixel_labelled, labelled_per_batch=per_batch)
         return make_loader(self.train_ds, sampler, cfg.seed, cfg.workers, pin_memory=pin_memory), sampler
@@ -115,10 +115,7 @@ class GuidedPieces:
         labels = batch["labels"].to(device, non_blocking=True)
         if not self.multilabel:
             labels = labels.argmax(dim=1)
-        masks = None
-        if guided and needs_masks(self.cfg.guidance) and bool(batch["pixel_label"].any()):
-            keep = batch["pixel_label"][:, None, None]
-            masks = torch.where(keep, batch["mask"], torch.full_like(batch["mask"], IGNORE)).to(device)
+        masks = batch_targets(batch, self.cfg.guidance, guided, device)  # or an Annotations
         return images, labels, masks, guided
 
 
@@ -139,8 +136,9 @@ def build(cfg: TrainConfig | dict[str, Any] | None = None, classifier: nn.Module
     train_ds, val_ds = open_splits(cfg)
     class_names = list(train_ds.class_names)
     multilabel = bool(train_ds.multilabel)
-    resolve_auto(cfg, bool(train_ds.pixel_labelled))
-    if needs_masks(cfg.guidance) and not train_ds.pixel_labelled:
+    resolve_annotations(cfg, train_ds)
+    if needs_masks(cfg.guidance) and not any(train_ds.samples[i].mask_path is not None
+                                             for i in train_ds.mask_labelled):
         raise AttnGuideError(f"guidance {cfg.guidance} needs pixel masks, but no image of split "
                              f"{cfg.train_split!r} has one selected (see pixel_labels); use guidance='self'")
     model = classifier

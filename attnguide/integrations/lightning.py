@@ -128,7 +128,10 @@ class GuidedModule(L.LightningModule):
         if trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
             raise AttnGuideError("GuidedModule shards its own batches (batch_size is the global batch): "
                                  "pass use_distributed_sampler=False to lightning.Trainer")
-        if stage == "fit" and trainer.max_epochs not in (None, -1, self.cfg.epochs):
+        if stage == "fit" and self.cfg.steps is not None and trainer.max_steps != self.cfg.steps:
+            raise AttnGuideError(f"the options say steps={self.cfg.steps} (the LR schedule's length) but "
+                                 f"Trainer(max_steps={trainer.max_steps}): pass max_steps=module.cfg.steps")
+        if stage == "fit" and self.cfg.steps is None and trainer.max_epochs not in (None, -1, self.cfg.epochs):
             raise AttnGuideError(f"Trainer(max_epochs={trainer.max_epochs}) but the options say epochs="
                                  f"{self.cfg.epochs} (the LR schedule's length): pass max_epochs="
                                  "module.cfg.epochs, or build the module with epochs=...")

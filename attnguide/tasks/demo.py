@@ -4,8 +4,11 @@ It runs the library's defaults (``--guidance auto``), as a user gets them:
 
 1. ``make_scenes``: multi-label scenes whose background (water) is tied to the
    class "boat" in train, and independent of it in val and test.
-2. Two classifiers with the same budget: unguided (``--guidance none``), and the
-   defaults (``--guidance auto``) with pixel masks for 10% of the training images.
+2. Two classifiers with the same compute: the defaults (``--guidance auto``) with
+   pixel masks for 10% of the training images, then an unguided one (``--guidance
+   none``) given the guided run's optimizer steps (``--steps``): the labelled images
+   recur in every batch, so a guided epoch has more steps than an unguided one, and a
+   baseline trained for the same epochs would have had less compute.
 3. Each one's attention becomes pseudo labels for the training split (with and
    without dense CRF), scored against the true masks.
 4. Three segmenters with ``segment``'s defaults: on the unguided run's pseudo labels,
@@ -50,25 +53,28 @@ SCENES = {"n_train": 256, "n_val": 64, "n_test": 128, "image_size": 64}
 CLASSIFIER = {"model": "resnet10t", "image_size": 64, "epochs": 6, "warmup_epochs": 2,
               "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
               "schedule": "cosine", "snapshots": 0}
-RUNS = {"unguided": {"guidance": "none"},
-        "guided": {"guidance": "auto", "pixel_labels": "10%"}}
+RUNS = {"guided": {"guidance": "auto", "pixel_labels": "10%"},
+        "unguided": {"guidance": "none"}}  # in this order: unguided gets guided's step count
 TRUE_MASKS = "true masks"
 # segment's defaults (AdamW, warm-up, poly) from scratch; only the size is the demo's.
 SEGMENTER = {"arch": "unet", "encoder": "tu-resnet10t", "crop_size": 64, "epochs": 5,
              "batch_size": 16, "scale_range": "0.9,1.1"}
 PSEUDO_SCALES = (1.0, 1.5)
-# Each stage's seconds in a measured demo (2 cores shared with other jobs, benchmarks/RESULTS.md,
-# "The demo"): the estimate of the time left scales them by how fast this machine ran the others.
-STAGES = {"scenes": 1, "classifier unguided": 90, "classifier guided": 245,
-          "pseudo labels unguided": 72, "pseudo labels guided": 85,
-          "segmenter on unguided pseudo labels": 121, "segmenter on guided pseudo labels": 162,
-          "segmenter on the true masks": 95, "report": 6}
+# Each stage's seconds in a measured demo (an idle 2-core machine, 2 threads, benchmarks/RESULTS.md,
+# "The demo"; the unguided classifier's scaled to the guided run's steps): the estimate of the
+# time left scales them by how fast this machine ran the stages it has done.
+STAGES = {"scenes": 2, "classifier guided": 95, "classifier unguided": 45,
+          "pseudo labels unguided": 22, "pseudo labels guided": 22,
+          "segmenter on unguided pseudo labels": 43, "segmenter on guided pseudo labels": 36,
+          "segmenter on the true masks": 36, "report": 3}
 PRIOR_S = 60.0
 KEYS = ("test_map", "test_cam_miou", "pseudo_miou_crf", "segmenter_miou")
 
 
 @dataclass
 class DemoResult:
+    """What :func:`run_demo` did: its folder, the report file, one row of numbers per run, seconds."""
+
     out: Path
     report: Path
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -111,21 +117,29 @@ def _epochs(scale: float) -> int:
     return max(2, round(CLASSIFIER["epochs"] * scale))
 
 
-def _trained(run: Path, epochs: int) -> bool:
+def _last_record(run: Path) -> dict[str, Any]:
+    """The last line of the run's metrics.jsonl ({} when there is none)."""
     metrics = run / "metrics.jsonl"
-    if not ((run / "last.pt").exists() and metrics.exists()):
-        return False
-    lines = metrics.read_text().splitlines()
-    return bool(lines) and json.loads(lines[-1]).get("epoch", 0) >= epochs
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return json.loads(lines[-1]) if lines else {}
 
 
-def _train(name: str, data: Path, out: Path, scale: float, seed: int, quiet: bool) -> tuple[Path, bool]:
-    """The run folder of classifier ``name`` and whether it was found done."""
+def _trained(run: Path, epochs: int, steps: int | None) -> bool:
+    last = _last_record(run) if (run / "last.pt").exists() else {}
+    if steps is not None:
+        return last.get("step", 0) >= steps
+    return last.get("epoch", 0) >= epochs
+
+
+def _train(name: str, data: Path, out: Path, scale: float, seed: int, quiet: bool,
+           steps: int | None = None) -> tuple[Path, bool]:
+    """The run folder of classifier ``name`` (``steps``: its optimizer-step budget) and
+    whether it was found done."""
     run = out / "runs" / name
-    if _trained(run, _epochs(scale)):
+    if _trained(run, _epochs(scale), steps):
         return run, True
-    options = {**CLASSIFIER, **RUNS[name], "epochs": _epochs(scale), "data": str(data),
-               "out": str(run), "quiet": quiet, "overwrite": True, "seed": seed}
+    options = {**CLASSIFIER, **RUNS[name], "epochs": _epochs(scale), "steps": steps,
+               "data": str(data), "out": str(run), "quiet": quiet, "overwrite": True, "seed": seed}
     known = set(TrainConfig.__dataclass_fields__)
     train(TrainConfig(**{k: v for k, v in options.items() if k in known}))
     return run, False
@@ -203,18 +217,24 @@ def run_demo(out: str | Path = "demo", *, scale: float = 1.0, crf: bool = True, 
     data = make_scenes(out / "scenes", **n, seed=seed)
     progress.done("scenes", skipped=found)
 
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, Any]] = {"unguided": {}, "guided": {}}
     runs = {}
+    steps = None  # the unguided run's budget: the guided run's optimizer steps
     for name, options in RUNS.items():
         stage = f"classifier {name}"
+        budget = f"{steps} steps (the guided run's)" if steps else f"{_epochs(scale)} epochs"
         progress.start(stage, f"{CLASSIFIER['model']}, --guidance {options['guidance']}"
                        + (f", {options['pixel_labels']} masks"
-                          if "pixel_labels" in options else "") + f", {_epochs(scale)} epochs")
-        runs[name], skipped = _train(name, data, out, scale, seed, quiet)
-        rows[name] = _test_metrics(runs[name], data)
+                          if "pixel_labels" in options else "") + f", {budget}")
+        runs[name], skipped = _train(name, data, out, scale, seed, quiet, steps=steps)
+        history = [json.loads(line) for line in (runs[name] / "metrics.jsonl").read_text().splitlines()]
+        rows[name] = {**_test_metrics(runs[name], data), "steps": history[-1]["step"],
+                      "train_seconds": sum(r.get("time", 0.0) for r in history)}
+        steps = history[-1]["step"]
         progress.done(stage, skipped)
 
-    for name, run in runs.items():
+    for name in ("unguided", "guided"):  # the order of STAGES
+        run = runs[name]
         stage = f"pseudo labels {name}"
         progress.start(stage, "CAMs of the training images" + (" + dense CRF" if crf else ""))
         res = _pseudo(run, data, out / "pseudo" / name, crf, quiet)
@@ -260,16 +280,20 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
     """The report's three opening lines: what the guided model did better and by how much,
     what its segmenter reached, and the upper bound."""
     g, u, t = rows["guided"], rows["unguided"], rows[TRUE_MASKS]
-    better = [label for key, label in (("test_map", "test mAP"), ("test_cam_miou", "CAM mIoU"),
+    better = [label for key, label in (("test_map", "test mAP"),
+                                       ("test_worst_group_accuracy", "worst-group accuracy"),
+                                       ("test_cam_miou", "CAM mIoU"),
                                        ("pseudo_miou_crf", "CRF pseudo-label mIoU"),
                                        ("segmenter_miou", "segmenter mIoU"))
               if g.get(key) is not None and u.get(key) is not None and g[key] > u[key]]
     share = (g["segmenter_miou"] / t["segmenter_miou"]
              if g.get("segmenter_miou") is not None and t.get("segmenter_miou") else None)
-    first = (f"**Guided (the defaults, 10 % masks) beats unguided in {', '.join(better)}**"
-             if better else "**Guided (the defaults, 10 % masks) beats unguided in nothing here**")
+    first = (f"**Guided (the defaults, 10 % masks) beats unguided at equal steps in {', '.join(better)}**"
+             if better else "**Guided (the defaults, 10 % masks) beats unguided at equal steps in nothing here**")
     return [
-        f"{first}: test mAP {_change(g.get('test_map'), u.get('test_map'))}, "
+        f"{first}: test mAP {_change(g.get('test_map'), u.get('test_map'))}, worst-group accuracy "
+        f"(its worst (class, background) group) "
+        f"{_change(g.get('test_worst_group_accuracy'), u.get('test_worst_group_accuracy'))}, "
         f"CAM mIoU {_change(g.get('test_cam_miou'), u.get('test_cam_miou'))}.",
         f"Its CRF pseudo labels score {_change(g.get('pseudo_miou_crf'), u.get('pseudo_miou_crf'))} "
         f"mIoU, and the segmenter trained on them {_change(g.get('segmenter_miou'), u.get('segmenter_miou'))} "
@@ -282,29 +306,37 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def _report(rows: dict[str, dict[str, Any]], pictures, seconds: float, crf: bool, seed: int,
             scale: float) -> str:
-    names = {"unguided": "unguided classifier (`--guidance none`)",
+    names = {"unguided": "unguided classifier (`--guidance none`, the guided run's steps)",
              "guided": "guided: the defaults (`--guidance auto`), 10 % pixel masks",
              TRUE_MASKS: "true masks (upper bound)"}
     lines = ["# attnguide demo: guided attention on biased scenes", "", *verdict(rows), "",
              f"Made by `attnguide demo` in {seconds / 60:.1f} minutes (wall time, seed {seed}"
              + (f", --scale {scale:g}" if scale != 1 else "") + ").", "",
              "Scenes where water goes with boats in training but not at test. Two classifiers "
-             f"({CLASSIFIER['model']}, {CLASSIFIER['image_size']} px, {_epochs(scale)} epochs) trained "
-             "alike with the library's defaults, one unguided, one with `--guidance auto` (what a user "
-             "gets: GAIN_ext with the background swap on the masked images); their attention turned "
+             f"({CLASSIFIER['model']}, {CLASSIFIER['image_size']} px) trained alike with the library's "
+             f"defaults: one with `--guidance auto` for {_epochs(scale)} epochs (what a user gets: "
+             "GAIN_ext with the background swap on the masked images, which recur in every batch), "
+             "and one unguided given the same number of optimizer steps (`--steps`), so that the "
+             "comparison is at equal compute (the table gives the steps and the training seconds); "
+             "their attention turned "
              "into pseudo labels" + (" (with dense CRF)" if crf else "") + ", and three segmenters "
              f"({SEGMENTER['arch']}/{SEGMENTER['encoder']} from scratch, `segment`'s defaults) trained "
              "on the unguided labels, the guided ones and the true masks. All scores are on splits "
              "whose backgrounds are independent of the classes (pseudo labels: the training images "
              "against their true masks).",
              "",
-             "| | test mAP | test accuracy (exact match) | CAM mIoU (test) | attention inside objects "
-             "| pseudo-label mIoU | with CRF | segmenter mIoU (test) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| | steps | training s | test mAP | test accuracy (exact match) | worst-group accuracy "
+             "| CAM mIoU (test) | attention inside objects | pseudo-label mIoU | with CRF "
+             "| segmenter mIoU (test) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in rows.items():
+        steps = row.get("steps")
+        train_s = row.get("train_seconds")
         lines.append(
-            f"| {names[key]} | {_fmt(row.get('test_map'))} | {_fmt(row.get('test_accuracy'))} "
-            f"| {_fmt(row.get('test_cam_miou'))} | {_fmt(row.get('test_attention_inside'))} "
+            f"| {names[key]} | {'—' if steps is None else steps} "
+            f"| {'—' if train_s is None else f'{train_s:.0f}'} "
+            f"| {_fmt(row.get('test_map'))} | {_fmt(row.get('test_accuracy'))} "
+            f"| {_fmt(row.get('test_worst_group_accuracy'))} | {_fmt(row.get('test_cam_miou'))} | {_fmt(row.get('test_attention_inside'))} "
             f"| {_fmt(row.get('pseudo_miou'))} | {_fmt(row.get('pseudo_miou_crf'))} "
             f"| {_fmt(row.get('segmenter_miou'))} |")
     lines += ["", "`attnguide demo --scale 4` trains longer on more images; `--seed` changes the "

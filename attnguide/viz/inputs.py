@@ -38,6 +38,7 @@ class Run:
 
 
 def as_run(run: Any, device: str | torch.device) -> Run:
+    """A run folder, checkpoint path or TrainedModel as a :class:`Run` to draw."""
     if isinstance(run, (str, os.PathLike)):
         name = run_name(run)
         run = load_model(run, device=device)
@@ -92,6 +93,8 @@ def _class_list(entry: Any, class_names: list[str], where: str) -> list[int]:
 
 def gather(data: Any, indices: Sequence[int] | None, labels: Any, masks: Any, split: str,
             run: Run, image_size: int, n_default: int) -> Images:
+    """The images to draw: a data set folder, a data set or an (N, 3, H, W) tensor, the
+    chosen ``indices`` (default: ``n_default`` spread over the set), checked against ``run``."""
     if isinstance(data, (str, os.PathLike)):
         data = open_dataset(data, split, image_size, train=False, mode="multi")
     if isinstance(data, Tensor):

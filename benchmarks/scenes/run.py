@@ -50,6 +50,10 @@ COMMON = {
 # row name -> (label in the table, options of that row)
 ROWS = {
     "baseline": ("unguided (CAM baseline)", {"guidance": "none"}),
+    # Equal compute: "steps_of" gives a row the optimizer steps its named row (same seed) took.
+    "baseline_steps": ("unguided, the defaults' (auto10) steps", {"guidance": "none", "steps_of": "auto10"}),
+    "oracle_steps": ("oracle, the defaults' (auto10) steps",
+                     {"guidance": "none", "train_split": "train_unbiased", "steps_of": "auto10"}),
     "gain": ("GAIN", {"guidance": "self"}),
     "ext2": ("GAIN_ext, 2% pixel labels", {"guidance": "ext", "pixel_labels": "2%"}),
     "ext10": ("GAIN_ext, 10% pixel labels", {"guidance": "ext", "pixel_labels": "10%"}),
@@ -150,6 +154,7 @@ COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"), ("test_cam_miou",
            ("test_attention_inside", "attention inside")]
 PSEUDO_COLUMNS = [("pseudo_miou", "pseudo-label mIoU"), ("pseudo_miou_crf", "with CRF")]
 SEGMENT_COLUMNS = [("segmenter_miou", "segmenter mIoU")]
+COST_COLUMNS = [("steps", "steps"), ("train_seconds", "training s")]  # every row reports its compute
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -221,6 +226,17 @@ def segmenter_metrics(run: Path, data: Path, device: str, true_masks: bool = Fal
     return {"segmenter_miou": evaluate_predictions(pred, data=str(data), split="test").miou}
 
 
+def train_cost(run: Path) -> dict:
+    """Optimizer steps and training seconds (the epochs' own times) from metrics.jsonl."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return {"steps": records[-1]["step"], "train_seconds": sum(r.get("time", 0.0) for r in records)}
+
+
+def run_steps(run: Path) -> int:
+    """The optimizer steps a finished run took."""
+    return train_cost(run)["steps"]
+
+
 def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool,
               true_masks: bool = False) -> None:
     """Add the columns the run's test_metrics.json lacks (all of them for a new run): test
@@ -231,6 +247,8 @@ def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool,
         write_json(done_file, segmenter_metrics(run, data, device, true_masks=True))
         return
     metrics = json.loads(done_file.read_text()) if done_file.exists() else test_metrics(run, data, device)
+    if "steps" not in metrics:
+        metrics.update(train_cost(run))
     if (pseudo or segment) and "pseudo_miou" not in metrics:
         metrics.update(pseudo_metrics(run, data, device, crf=True))
     if segment and "segmenter_miou" not in metrics:
@@ -272,9 +290,12 @@ def plot_table(results: dict[str, list[dict]], columns: list[tuple[str, str]], o
     return out_png
 
 
-def summarise(values: list[float]) -> str:
+def summarise(values: list[float], digits: int = 3) -> str:
     if not values:
         return "n/a"
+    if digits == 0:
+        return (f"{values[0]:.0f}" if len(values) == 1
+                else f"{statistics.mean(values):.0f} ± {statistics.stdev(values):.0f}")
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -318,6 +339,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"row {TRUE_MASKS} is a segmenter on the true masks: pass --segment")
     args.pseudo = args.pseudo or args.segment
     columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else []) + (SEGMENT_COLUMNS if args.segment else [])
+    for row in args.rows:
+        ref = ROWS[row][1].get("steps_of")
+        if ref and ref not in args.rows:
+            raise SystemExit(f"row {row} takes the steps of row {ref}: add {ref} to --rows")
 
     from attnguide.data import make_scenes
 
@@ -336,6 +361,18 @@ def main(argv=None) -> None:
     t_start = time.time()
 
     stop = threading.Event()  # set by the first job that fails: queued jobs then do nothing
+    trained_events = {job: threading.Event() for job in jobs}  # set when a job's classifier is done
+
+    def steps_of(row: str, seed: int) -> dict:
+        """{"steps": N} of the row this row takes its step count from (waits for it), or {}."""
+        ref = ROWS[row][1].get("steps_of")
+        if not ref:
+            return {}
+        while not trained_events[ref, seed].wait(5) and not stop.is_set():
+            pass
+        if stop.is_set():
+            raise SystemExit(f"a job failed: {row} seed {seed} does not start")
+        return {"steps": run_steps(args.out / f"{ref}-s{seed}")}
 
     def run_job(row: str, seed: int) -> tuple[dict, bool, bool] | None:
         if stop.is_set():
@@ -345,6 +382,8 @@ def main(argv=None) -> None:
         except BaseException:
             stop.set()
             raise
+        finally:
+            trained_events[row, seed].set()
 
     def train_and_score(row: str, seed: int) -> tuple[dict, bool, bool]:
         """Train (row, seed) unless an earlier call finished it, then score it in a process of
@@ -361,11 +400,14 @@ def main(argv=None) -> None:
         elif args.rerun or not done_file.exists():
             done_file.unlink(missing_ok=True)
             run.mkdir(parents=True, exist_ok=True)
-            cmd = train_command(data, run, {**common, **ROWS[row][1]}, seed, args.device)
+            options = {k: v for k, v in {**common, **ROWS[row][1]}.items() if k != "steps_of"}
+            cmd = train_command(data, run, {**options, **steps_of(row, seed)}, seed, args.device)
             with (run / "train.log").open("w") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
                     raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
             trained = True
+        if row != TRUE_MASKS:
+            trained_events[row, seed].set()  # rows that take this row's steps may start
         wanted = [k for k, _ in columns if k != "segmenter_miou" or seed in segment_seeds]
         if row == TRUE_MASKS:
             wanted = ["segmenter_miou"] if seed in segment_seeds else []
@@ -383,8 +425,9 @@ def main(argv=None) -> None:
             write_json(done_file, have)
         return have, trained, scored
 
-    # Longest jobs first (segmenters, then more epochs, then masks-guided rows), so no core idles at the end.
-    order = sorted(jobs, key=lambda j: (j[1] not in segment_seeds,
+    # Longest jobs first (segmenters, then more epochs, then masks-guided rows), so no core idles at
+    # the end; a row that takes another row's steps after it (it waits for that row's training).
+    order = sorted(jobs, key=lambda j: ("steps_of" in ROWS[j[0]][1], j[1] not in segment_seeds,
                                         -int({**common, **ROWS[j[0]][1]}["epochs"]),
                                         ROWS[j[0]][1].get("guidance") == "none"))
     found: dict[tuple[str, int], dict] = {}
@@ -410,10 +453,11 @@ def main(argv=None) -> None:
                 for key, name in columns) + f" ({metrics.get('seconds', float('nan')):.0f} s)", flush=True)
     results = {row: [found[r, s] for r, s in jobs if r == row] for row in args.rows}
 
-    lines = ["| row | seeds | " + " | ".join(name for _, name in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    lines = ["| row | seeds | " + " | ".join(name for _, name in columns + COST_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(columns + COST_COLUMNS)]
     for row in args.rows:
-        cells = [summarise([m[key] for m in results[row] if m.get(key) is not None]) for key, _ in columns]
+        cells = [summarise([m[key] for m in results[row] if m.get(key) is not None], digits)
+                 for cols, digits in ((columns, 3), (COST_COLUMNS, 0)) for key, _ in cols]
         lines.append(f"| {ROWS[row][0]} | {len(results[row])} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

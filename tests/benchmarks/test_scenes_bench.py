@@ -60,7 +60,21 @@ def test_train_command_passes_booleans_as_flags(tmp_path):
     from attnguide.engine.config import FIELDS
 
     for row, (_, options) in bench.ROWS.items():  # every row's options are train options
-        assert set(options) <= set(FIELDS), row
+        assert set(options) - {"steps_of"} <= set(FIELDS), row
+        assert options.get("steps_of", "baseline") in bench.ROWS, row
+
+
+def test_equal_steps_row_trains_to_the_guided_rows_step_count(tmp_path):
+    """baseline_steps waits for auto10 (same seed) and takes its optimizer steps; the table
+    reports steps and training seconds for every row."""
+    out = tmp_path / "bench"
+    proc = _run(out, "--rows", "baseline", "baseline_steps", "auto10", "--parallel", "2")
+    steps = {row: json.loads((out / f"{row}-s0" / "test_metrics.json").read_text())["steps"]
+             for row in ("baseline", "baseline_steps", "auto10")}
+    assert steps["baseline_steps"] == steps["auto10"] > steps["baseline"]  # labelled images recur
+    table = _table(proc.stdout)
+    assert table["unguided, the defaults' (auto10) steps"][-2] == str(steps["auto10"])
+    assert "| steps | training s |" in proc.stdout
 
 
 def test_scenes_bench_failed_training_names_the_run_and_starts_no_more(tmp_path):

@@ -219,3 +219,16 @@ def test_labelled_share_reaches_the_sampler_and_needs_a_mask_guidance(scenes, tm
     assert resolve_config({"labelled_share": "0.25"}).labelled_share == 0.25
     with pytest.raises(AttnGuideError, match="labelled_share must be float or auto, got 'half'"):
         resolve_config({"labelled_share": "half"})
+
+
+def test_steps_budget_ends_the_run_mid_epoch_and_the_schedule_spans_it(scenes, tmp_path):
+    """--steps N: an equal-compute baseline. 24 images at batch 8 = 3 steps an epoch; 7 steps
+    end in the third epoch's first step, where the cosine schedule reaches its end (lr 0)."""
+    res = train(_cfg(scenes, tmp_path / "r", guidance="none", epochs=99, steps=7, optimizer="adamw",
+                     lr=1e-3, schedule="cosine", val_split=""))
+    steps = [r["step"] for r in res.history]
+    assert steps == [3, 6, 7]
+    assert res.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert load_model(tmp_path / "r" / "last.pt").model is not None
+    with pytest.raises(AttnGuideError, match="--steps must be at least 1"):
+        _cfg(scenes, tmp_path / "bad", steps=0).validate()

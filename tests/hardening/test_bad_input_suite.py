@@ -9,6 +9,7 @@ output folder and the run folders read are byte-identical afterwards: no partial
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import struct
@@ -54,13 +55,19 @@ def case(name: str):
 
 
 def set_cell(data: Path, line: int, column: str, value: str, split: str = "train") -> None:
+    """Set one cell of ``split.csv`` (``line`` counts the header as line 1). Rewriting the
+    labels also empties the row's boxes and points, which name the old labels' classes."""
     path = data / f"{split}.csv"
-    rows = path.read_text().splitlines()
-    header = rows[0].split(",")
-    cells = rows[line - 1].split(",")
-    cells[header.index(column)] = value
-    rows[line - 1] = ",".join(cells)
-    path.write_text("\n".join(rows) + "\n")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    rows[line - 1][header.index(column)] = value
+    if column == "labels":
+        for other in ("boxes", "points"):
+            if other in header:
+                rows[line - 1][header.index(other)] = ""
+    with path.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
 
 
 def corrupt(path: Path) -> None:

@@ -4,6 +4,7 @@ code before the fix (see the report of issue 19 for before / after)."""
 from __future__ import annotations
 
 import copy
+import csv
 import errno
 import struct
 import zlib
@@ -27,19 +28,25 @@ SIZE = 48  # as in conftest.py
 
 
 def _rewrite_cell(data, split: str, line: int, column: str, value: str) -> None:
-    """Set one cell of ``split.csv`` (``line`` counts the header as line 1)."""
+    """Set one cell of ``split.csv`` (``line`` counts the header as line 1). Rewriting the
+    labels also empties the row's boxes and points, which name the old labels' classes."""
     path = data / f"{split}.csv"
-    rows = path.read_text().splitlines()
-    header = rows[0].split(",")
-    cells = rows[line - 1].split(",")
-    cells[header.index(column)] = value
-    rows[line - 1] = ",".join(cells)
-    path.write_text("\n".join(rows) + "\n")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    rows[line - 1][header.index(column)] = value
+    if column == "labels":
+        for other in ("boxes", "points"):
+            if other in header:
+                rows[line - 1][header.index(other)] = ""
+    with path.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
 
 
 def _cell(data, split: str, line: int, column: str) -> str:
-    rows = (data / f"{split}.csv").read_text().splitlines()
-    return rows[line - 1].split(",")[rows[0].split(",").index(column)]
+    with (data / f"{split}.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[line - 1][rows[0].index(column)]
 
 
 # ---------------------------------------------------------------------- 1. labels cells

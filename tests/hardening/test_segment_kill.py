@@ -71,6 +71,7 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     resumed = subprocess.run(_cli("segment", "--resume", killed, "--quiet"), env=_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # the resume removed them
     a, b = _read(tmp_path / "ref" / "last.pt"), _read(killed / "last.pt")
     assert a["step"] == b["step"] == 16 and a["epoch"] == b["epoch"] == 4
     for key in a["model"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sys
@@ -158,11 +159,17 @@ def test_class_list_mismatch_names_both_lists(classifier, scenes, tmp_path):
     shutil.copytree(scenes, data)
     names = (data / "classes.txt").read_text().split()
     (data / "classes.txt").write_text("\n".join([names[1], names[0], *names[2:]]) + "\n")
-    for csv in data.glob("*.csv"):  # the same data with the two names swapped: masks still agree
-        swap = {names[0]: names[1], names[1]: names[0]}
-        rows = [line.split(",") for line in csv.read_text().splitlines()]
-        rows[1:] = [[r[0], " ".join(swap.get(n, n) for n in r[1].split()), *r[2:]] for r in rows[1:]]
-        csv.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    swap = {names[0]: names[1], names[1]: names[0]}
+    for path in data.glob("*.csv"):  # the same data with the two names swapped: masks still agree
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        for r in rows[1:]:
+            r[1] = " ".join(swap.get(n, n) for n in r[1].split())
+            for column in ("boxes", "points"):  # they name classes too: drop them
+                if column in rows[0]:
+                    r[rows[0].index(column)] = ""
+        with path.open("w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
     with pytest.raises(AttnGuideError, match="class lists differ") as err:
         pseudo_label(_cfg(classifier, data, tmp_path / "pl"))
     assert "[boat, disc" in str(err.value) and "[disc, boat" in str(err.value)

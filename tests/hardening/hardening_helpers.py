@@ -3,6 +3,7 @@ conftest.py)."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 
@@ -17,3 +18,26 @@ def snapshot(*roots: Path) -> dict[str, str]:
             out[str(path)] = ("dir" if path.is_dir()
                               else hashlib.sha256(path.read_bytes()).hexdigest())
     return out
+
+
+def set_cell(data: Path, line: int, column: str, value: str, split: str = "train") -> None:
+    """Set one cell of ``split.csv`` (``line`` counts the header as line 1). Rewriting the
+    labels also empties the row's boxes and points, which name the old labels' classes."""
+    path = data / f"{split}.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    rows[line - 1][header.index(column)] = value
+    if column == "labels":
+        for other in ("boxes", "points"):
+            if other in header:
+                rows[line - 1][header.index(other)] = ""
+    with path.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def get_cell(data: Path, line: int, column: str, split: str = "train") -> str:
+    """One cell of ``split.csv`` (``line`` counts the header as line 1)."""
+    with (data / f"{split}.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[line - 1][rows[0].index(column)]

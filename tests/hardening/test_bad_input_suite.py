@@ -9,7 +9,6 @@ output folder and the run folders read are byte-identical afterwards: no partial
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import struct
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from hardening_helpers import snapshot
+from hardening_helpers import set_cell, snapshot
 from PIL import Image
 
 SIZE = 48
@@ -52,22 +51,6 @@ def case(name: str):
 
 
 # ---------------------------------------------------------------------- breaking files
-
-
-def set_cell(data: Path, line: int, column: str, value: str, split: str = "train") -> None:
-    """Set one cell of ``split.csv`` (``line`` counts the header as line 1). Rewriting the
-    labels also empties the row's boxes and points, which name the old labels' classes."""
-    path = data / f"{split}.csv"
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header = rows[0]
-    rows[line - 1][header.index(column)] = value
-    if column == "labels":
-        for other in ("boxes", "points"):
-            if other in header:
-                rows[line - 1][header.index(other)] = ""
-    with path.open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows)
 
 
 def corrupt(path: Path) -> None:

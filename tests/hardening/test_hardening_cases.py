@@ -4,7 +4,6 @@ code before the fix (see the report of issue 19 for before / after)."""
 from __future__ import annotations
 
 import copy
-import csv
 import errno
 import struct
 import zlib
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from hardening_helpers import get_cell, set_cell
 from PIL import Image
 from torch import nn
 
@@ -27,40 +27,18 @@ from attnguide.models.weights import read_state_dict
 SIZE = 48  # as in conftest.py
 
 
-def _rewrite_cell(data, split: str, line: int, column: str, value: str) -> None:
-    """Set one cell of ``split.csv`` (``line`` counts the header as line 1). Rewriting the
-    labels also empties the row's boxes and points, which name the old labels' classes."""
-    path = data / f"{split}.csv"
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header = rows[0]
-    rows[line - 1][header.index(column)] = value
-    if column == "labels":
-        for other in ("boxes", "points"):
-            if other in header:
-                rows[line - 1][header.index(other)] = ""
-    with path.open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows)
-
-
-def _cell(data, split: str, line: int, column: str) -> str:
-    with (data / f"{split}.csv").open(newline="") as f:
-        rows = list(csv.reader(f))
-    return rows[line - 1][rows[0].index(column)]
-
-
 # ---------------------------------------------------------------------- 1. labels cells
 
 
 def test_1_empty_labels_cell_names_the_line(data):
-    _rewrite_cell(data, "train", 3, "labels", "")
+    set_cell(data, 3, "labels", "")
     with pytest.raises(AttnGuideError, match=r"train\.csv line 3: the 'labels' cell is empty.*'-'"):
         open_dataset(data, "train")
 
 
 def test_1_no_object_rows_are_an_explicit_opt_in_and_the_mode_says_why(data):
-    _rewrite_cell(data, "train", 3, "labels", "-")
-    _rewrite_cell(data, "train", 3, "mask", "")  # the row's mask shows objects
+    set_cell(data, 3, "labels", "-")
+    set_cell(data, 3, "mask", "")  # the row's mask shows objects
     ds = open_dataset(data, "train")
     assert ds.samples[1].labels == () and ds.multilabel
     assert "train.csv line" in ds.mode_reason
@@ -73,19 +51,19 @@ def test_1_one_no_object_row_in_single_label_data_is_said(tmp_path):
                        min_objects=1, max_objects=1, seed=2)
     ds = open_dataset(root, "train")
     assert not ds.multilabel and "every image of split 'train' has exactly one label" in ds.mode_reason
-    _rewrite_cell(root, "train", 4, "labels", "-")
-    _rewrite_cell(root, "train", 4, "mask", "")
+    set_cell(root, 4, "labels", "-")
+    set_cell(root, 4, "mask", "")
     ds = open_dataset(root, "train")
     assert ds.multilabel and "(first: train.csv line 4, no label)" in ds.mode_reason
 
 
 def test_1_a_mask_with_a_class_missing_from_its_labels_is_refused(data):
-    line = next(n for n in range(2, 10) if _cell(data, "train", n, "mask"))
-    mask = np.array(Image.open(data / _cell(data, "train", line, "mask")))
+    line = next(n for n in range(2, 10) if get_cell(data, n, "mask"))
+    mask = np.array(Image.open(data / get_cell(data, line, "mask")))
     shown = {int(v) for v in np.unique(mask) if 0 < v < 255}
     names = (data / "classes.txt").read_text().split()
     other = next(names[k] for k in range(len(names)) if k + 1 not in shown)
-    _rewrite_cell(data, "train", line, "labels", other)
+    set_cell(data, line, "labels", other)
     with pytest.raises(AttnGuideError, match=rf"train\.csv line {line}\) shows .* but the row's "
                                              rf"labels are \['{other}'\]"):
         open_dataset(data, "train")

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip(
     "accelerate", reason="Hugging Face Accelerate is not installed: pip install -e '.[dev]' (or '.[accelerate]')")
 
 from accelerate.state import AcceleratorState  # noqa: E402
+from equality_helpers import ddp_options, engine_run, max_diff, torchrun_two  # noqa: E402
 
 from attnguide.data import make_scenes  # noqa: E402
 from attnguide.engine import TrainConfig, Trainer  # noqa: E402
@@ -46,25 +46,14 @@ def _options(scenes: Path, **kw) -> dict:
     return base
 
 
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
-def _engine(options: dict, out: Path) -> Trainer:
-    trainer = Trainer(TrainConfig(**options, out=str(out)))
-    trainer.fit()
-    return trainer
-
-
 def test_fit_equals_the_engine_with_validation(scenes, tmp_path):
     options = _options(scenes)
-    engine = _engine(options, tmp_path / "engine")
+    engine = engine_run(options, tmp_path / "engine")
     result = fit(options)
     assert result.accelerator.num_processes == 1 and result.step == engine.step == 4
-    assert _max_diff(result.model.state_dict(), engine.model.state_dict()) <= TOL
+    assert max_diff(result.model.state_dict(), engine.model.state_dict()) <= TOL
     start = Trainer(TrainConfig(**options, out=str(tmp_path / "init"))).model.state_dict()
-    assert _max_diff(start, engine.model.state_dict()) > 1e-3  # the steps moved the weights
+    assert max_diff(start, engine.model.state_dict()) > 1e-3  # the steps moved the weights
     mine, theirs = result.history[-1], engine.history[-1]
     assert mine["guided"] and mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
     for key in ("val_loss", "val_accuracy", "val_map", "val_cam_miou", "val_attention_inside",
@@ -74,36 +63,17 @@ def test_fit_equals_the_engine_with_validation(scenes, tmp_path):
 
 def test_bf16_autocast_equals_the_engine_amp(scenes, tmp_path):
     options = _options(scenes, epochs=1, warmup_epochs=0, val_split="", amp=True, amp_dtype="bf16")
-    engine = _engine(options, tmp_path / "engine")
+    engine = engine_run(options, tmp_path / "engine")
     result = fit(options)
     assert result.accelerator.mixed_precision == "bf16"
-    assert _max_diff(result.model.state_dict(), engine.model.state_dict()) <= TOL
+    assert max_diff(result.model.state_dict(), engine.model.state_dict()) <= TOL
 
 
-def test_two_processes_under_torchrun_match_the_engine(tmp_path):
+def test_two_processes_under_torchrun_match_theengine_run(tmp_path):
     # As the Lightning DDP test: GroupNorm model, single-label data; the bound is the float
     # rounding of the gradient all-reduce (measured 1.7e-7).
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from attnguide.data import make_scenes
-
-    root = Path(__file__).resolve().parents[2]
-    data = make_scenes(tmp_path / "single", n_train=16, n_val=4, n_test=4, image_size=48,
-                       min_objects=1, max_objects=1, seed=1)
-    options = dict(data=str(data), model="test_efficientnet_gn", image_size=48, batch_size=8, epochs=1,
-                   warmup_epochs=0, guidance="self", val_split="", seed=1, lr=0.02, device="cpu",
-                   snapshots=0, quiet=True, checkpoint_every=0)
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONWARNINGS="ignore")
-    out = tmp_path / "acc.pt"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(Path(__file__).with_name("accelerate_ddp_run.py")), json.dumps(options), str(out)],
-                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    saved = torch.load(out, weights_only=True)
-    engine = _engine(options, tmp_path / "engine")
+    options = ddp_options(tmp_path)
+    saved = torchrun_two("accelerate_ddp_run.py", options, tmp_path / "acc.pt", tmp_path)
+    engine = engine_run(options, tmp_path / "engine")
     assert saved["processes"] == 2 and saved["steps"] == engine.step == 2
-    assert _max_diff(saved["model"], engine.model.state_dict()) < 1e-5
+    assert max_diff(saved["model"], engine.model.state_dict()) < 1e-5

@@ -5,10 +5,6 @@ under Lightning's default inference_mode gives the engine's attention metrics.""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,12 +13,12 @@ import torch
 L = pytest.importorskip(
     "lightning", reason="PyTorch Lightning is not installed: pip install -e '.[dev]' (or '.[lightning]')")
 
+from equality_helpers import ddp_options, engine_run, max_diff, torchrun_two  # noqa: E402
+
 from attnguide.data import make_scenes  # noqa: E402
-from attnguide.engine import TrainConfig, Trainer  # noqa: E402
 from attnguide.errors import AttnGuideError  # noqa: E402
 from attnguide.integrations.lightning import GuidedModule  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 # One process: every run so far was bit-identical; the bound is 1e-6 absolute, as in
 # test_accelerate.py, because CPU kernels whose thread split varies on a loaded machine
 # can round differently (seen once there, 1.5e-8).
@@ -44,12 +40,6 @@ def _options(scenes: Path, **kw) -> dict:
     return base
 
 
-def _engine(options: dict, out: Path) -> Trainer:
-    trainer = Trainer(TrainConfig(**options, out=str(out)))
-    trainer.fit()
-    return trainer
-
-
 def _lightning(module: GuidedModule, **kw) -> L.Trainer:
     trainer = L.Trainer(max_epochs=module.cfg.epochs, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
@@ -58,14 +48,9 @@ def _lightning(module: GuidedModule, **kw) -> L.Trainer:
     return trainer
 
 
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-
-
 def test_weights_and_validation_equal_the_engine_under_inference_mode(scenes, tmp_path):
     options = _options(scenes)
-    engine = _engine(options, tmp_path / "engine")
+    engine = engine_run(options, tmp_path / "engine")
     class Recording(GuidedModule):
         modes: list[bool] = []
 
@@ -84,8 +69,8 @@ def test_weights_and_validation_equal_the_engine_under_inference_mode(scenes, tm
     trainer.validate(module, verbose=False)  # Trainer(inference_mode=True), Lightning's default
     assert module.modes and all(module.modes)  # validate() ran under torch.inference_mode()
     assert module.last_validation == during_fit  # the same numbers: attention maps and all
-    assert _max_diff(start, module.model.state_dict()) > 1e-3  # the steps moved the weights
-    assert _max_diff(module.model.state_dict(), engine.model.state_dict()) <= TOL
+    assert max_diff(start, module.model.state_dict()) > 1e-3  # the steps moved the weights
+    assert max_diff(module.model.state_dict(), engine.model.state_dict()) <= TOL
     # validation after the guided epoch: the engine's numbers, from the attnguide.metrics classes
     record = engine.history[-1]
     got = module.last_validation
@@ -100,37 +85,26 @@ def test_weights_and_validation_equal_the_engine_under_inference_mode(scenes, tm
 
 def test_bf16_mixed_equals_the_engine_amp(scenes, tmp_path):
     options = _options(scenes, epochs=1, warmup_epochs=0, val_split="", amp=True, amp_dtype="bf16")
-    engine = _engine(options, tmp_path / "engine")
+    engine = engine_run(options, tmp_path / "engine")
     module = GuidedModule(options)
     _lightning(module, precision="bf16-mixed", num_sanity_val_steps=0)
     # GuidedModule re-enables autocast's weight-cast cache, which Lightning turns off; without
     # it the weights differ by ~3e-3 after two steps (each use of a weight cast anew).
-    assert _max_diff(module.model.state_dict(), engine.model.state_dict()) <= TOL
+    assert max_diff(module.model.state_dict(), engine.model.state_dict()) <= TOL
 
 
-def test_ddp_two_gloo_processes_match_the_engine(tmp_path):
+def test_ddp_two_gloo_processes_match_theengine_run(tmp_path):
     # GroupNorm model and single-label data, as the engine's own DDP test: per-process batch
     # statistics and the mean over pairs then agree with one process; what remains is the
     # order of the gradient all-reduce's float sums (tolerance 1e-5 absolute, 1e-4 relative).
-    data = make_scenes(tmp_path / "single", n_train=16, n_val=4, n_test=4, image_size=48,
-                       min_objects=1, max_objects=1, seed=1)
-    options = dict(data=str(data), model="test_efficientnet_gn", image_size=48, batch_size=8, epochs=1,
-                   warmup_epochs=0, guidance="self", val_split="", seed=1, lr=0.02, device="cpu",
-                   snapshots=0, quiet=True, checkpoint_every=0)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONWARNINGS="ignore")
-    out = tmp_path / "ddp.pt"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(Path(__file__).with_name("lightning_ddp_run.py")), json.dumps(options), str(out)],
-                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    ddp = torch.load(out, weights_only=True)
-    engine = _engine(options, tmp_path / "engine")
+    options = ddp_options(tmp_path)
+    ddp = torchrun_two("lightning_ddp_run.py", options, tmp_path / "ddp.pt", tmp_path)
+    engine = engine_run(options, tmp_path / "engine")
     assert ddp["steps"] == engine.step == 2
     theirs = engine.model.state_dict()
-    assert _max_diff(ddp["model"], theirs) < 1e-5
+    assert max_diff(ddp["model"], theirs) < 1e-5
     init = GuidedModule(options).model.state_dict()
-    assert _max_diff(init, theirs) > 1e-3  # the steps changed the weights
+    assert max_diff(init, theirs) > 1e-3  # the steps changed the weights
 
 
 def test_bad_options_and_a_wrong_max_epochs_say_what_to_fix(scenes):

@@ -27,6 +27,9 @@ built Waterbirds (segmented birds on Places backgrounds, 95 % correlated in trai
 - Masks are exact: a pixel belongs to the top-most object whose alpha there is >= 128;
   the image is the alpha blend. ``groups.csv`` (``image,class,bias``) has one row per
   (image, visible object class), the bias attribute being the image's pool.
+- The CSVs' ``boxes`` and ``points`` are each class's tight box and one click on it, from
+  the exact masks (as the scenes': `attnguide.data.scenes.mask_boxes` / ``mask_points``),
+  for ``attnguide train --annotations boxes`` / ``points``.
 
 Same inputs, parameters and seed give byte-identical files.
 """
@@ -44,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from attnguide.data.scenes import mask_boxes, mask_points
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
 
@@ -54,7 +58,7 @@ IMAGE_SUFFIXES = (".png", ".webp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".b
 OBJECT_SUFFIXES = (".png", ".webp", ".tif", ".tiff", ".gif")  # formats that carry alpha
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "train_unbiased": 3}
 HELD_OUT = ("val", "test")
-CSV_COLUMNS = ("image", "labels", "mask", "background", "objects")
+CSV_COLUMNS = ("image", "labels", "mask", "background", "objects", "boxes", "points")
 ALPHA_THRESHOLD = 128
 MAX_OVERLAP = 0.2  # of an earlier object's box
 PLACEMENT_TRIES = 30
@@ -437,8 +441,11 @@ def _write(folder: Path, params: dict, pools: _Pools) -> None:
                 Image.fromarray(image).save(folder / "images" / stem, compress_level=1)
                 save_label_png(folder / "masks" / stem, mask)
                 labels = " ".join(pools.classes[c] for c in visible) or "-"
+                names = pools.classes
+                boxes = ";".join(f"{names[c]}:{x0},{y0},{x1},{y1}" for c, x0, y0, x1, y1 in mask_boxes(mask))
+                points = ";".join(f"{names[c]}:{x},{y}" for c, x, y in mask_points(mask))
                 writer.writerow((f"images/{stem}", labels, f"masks/{stem}", pools.pools[pool],
-                                 " ".join(used)))
+                                 " ".join(used), boxes, points))
                 group_rows.extend((f"images/{stem}", pools.classes[c], pools.pools[pool])
                                   for c in visible)
     with (folder / GROUPS_FILE).open("w", newline="", encoding="utf-8") as handle:

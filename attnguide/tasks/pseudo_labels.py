@@ -14,6 +14,11 @@ For each image of a split:
 3. background score by ``bg`` (``threshold:T``: constant T, IRN's 0.15;
    ``power:P``: ``(1 - max_c CAM_c)^P``, PSA's 4 or 32), label = argmax over
    ``[bg, CAM_1, ..., CAM_K]`` (class c -> value c + 1).
+   With ``boxes`` (``auto``: when the classifier was trained on boxes, e.g. ``--guidance
+   self+energy``) an image's boxes bound its classes first
+   (:func:`attnguide.wsss.pseudo.restrict_to_boxes`, the rule of box-supervised WSSS): a
+   class's CAM counts only inside its own boxes, so a pixel outside every box is
+   background.
 4. optionally a dense CRF on the same scores ``[bg, CAM_1..K]`` (PSA's
    ``crf_inference``; parameters ``crf_params``, default PSA's), run in a pool
    of worker processes.
@@ -52,7 +57,10 @@ import numpy as np
 import torch
 
 from attnguide.constants import BACKGROUND
+from attnguide.core.annotations import Annotations
+from attnguide.core.guidance import guidance_kinds
 from attnguide.data import open_dataset
+from attnguide.data.folder import is_folder_dataset
 from attnguide.engine.distributed import (
     DistInfo,
     all_reduce_max,
@@ -79,9 +87,15 @@ from attnguide.tasks.common import (
 from attnguide.wsss.crf import CRFPool, parse_crf_params, require_crf
 from attnguide.wsss.crf_jobs import refine_scores
 from attnguide.wsss.evaluate import ConfusionMatrix
-from attnguide.wsss.pseudo import background_rule, cams_to_labels, multiscale_cams
+from attnguide.wsss.pseudo import (
+    background_rule,
+    cams_to_labels,
+    multiscale_cams,
+    restrict_to_boxes,
+)
 
 CLASS_SOURCES = ("auto", "gt", "predicted")
+BOX_USES = ("auto", "on", "off")
 
 
 @dataclass
@@ -100,6 +114,7 @@ class PseudoLabelConfig(Options):
     bg: str = "threshold:0.15"  # background score: threshold:T (IRN 0.15) or power:P (PSA 4, 32)
     classes: str = "auto"  # CAM classes: auto (GT, predicted when an image lists none), gt, predicted
     class_threshold: float = 0.5  # probability above which a predicted class gets a CAM
+    boxes: str = "auto"  # keep each class's CAM inside its boxes (box-supervised WSSS; outside every box is background): auto (when the run was trained on boxes), on, off
     cam: str | None = None  # CAM method override (default: the run's, e.g. gradcam)
     layer: str | None = None  # attention layer override (default: the run's)
     crf: bool = False  # also write dense-CRF refined labels to OUT/crf/
@@ -118,6 +133,8 @@ class PseudoLabelConfig(Options):
         self.scales = parse_scales(self.scales)
         if self.classes not in CLASS_SOURCES:
             raise AttnGuideError(f"--classes must be one of {', '.join(CLASS_SOURCES)}, got {self.classes!r}")
+        if self.boxes not in BOX_USES:
+            raise AttnGuideError(f"--boxes must be one of {', '.join(BOX_USES)}, got {self.boxes!r}")
         if not 0.0 <= self.class_threshold <= 1.0:
             raise AttnGuideError(f"--class-threshold must lie in [0, 1], got {self.class_threshold}")
         if self.workers < 0:
@@ -222,12 +239,17 @@ class _Labeller:
             return probs.argmax().reshape(1)
         return torch.nonzero(probs >= self.cfg.class_threshold).reshape(-1)
 
-    def __call__(self, image: np.ndarray, labels: tuple[int, ...]):
-        """-> classes (K,), fused CAMs (K, H, W) in [0, 1], scores (K + 1, H, W), label (H, W)."""
+    def __call__(self, image: np.ndarray, labels: tuple[int, ...], boxes=()):
+        """-> classes (K,), fused CAMs (K, H, W) in [0, 1], scores (K + 1, H, W), label (H, W).
+        ``boxes``: the image's ``(class, x0, y0, x1, y1)`` boxes to keep the CAMs inside."""
         x = to_input(image, self.mean, self.std, self.device)  # (3, H, W)
         classes = self.classes_of(labels, x)
         cams = multiscale_cams(self.cam_fn, x, classes.to(self.device), self.cfg.scales,
                                self.cfg.flip).cpu()  # (K, H, W)
+        if len(boxes) and len(classes):
+            inside, _ = Annotations([{"boxes": boxes}]).box_targets(
+                self.trained.num_classes, size=tuple(cams.shape[-2:]))
+            cams = restrict_to_boxes(cams, inside[0, classes])
         rule = background_rule(self.cfg.bg)
         scores = torch.cat([rule(cams)[None], cams])  # (K + 1, H, W)
         label = cams_to_labels(cams, classes, rule)
@@ -258,7 +280,7 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
     quiet = cfg.quiet or not info.is_main
     console = console or make_console()
     trained = load_model(cfg.run, device=device)  # refuses a segmenter run, naming it
-    ds = open_dataset(cfg.data, cfg.split, image_size=trained.image_size, train=False, require_labels=False)
+    ds, use_boxes = _open_split(cfg, trained)
     check_class_lists(trained.class_names, ds.class_names, f"classifier {trained.checkpoint}",
                       f"data set {ds.root} (classes.txt)")
     crf_params = parse_crf_params(cfg.crf_params) if cfg.crf else None
@@ -270,7 +292,8 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
     labeller = _Labeller(cfg, trained, device)
     result = PseudoLabelResult(out=out, images=len(ds), processes=info.world_size, config={
         **asdict(cfg), "scales": list(cfg.scales), "checkpoint": str(Path(trained.checkpoint).resolve()),
-        "layer": labeller.guide.layer_name, "crf_params": asdict(crf_params) if crf_params else None})
+        "layer": labeller.guide.layer_name, "crf_params": asdict(crf_params) if crf_params else None,
+        "within_boxes": use_boxes})
 
     def outputs(name: str) -> list[Path]:
         files = [label_path(out, name)]
@@ -305,7 +328,8 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
                     advance()
                     continue
                 t0 = time.perf_counter()
-                classes, cams, scores, label = labeller(image, sample.labels)
+                classes, cams, scores, label = labeller(image, sample.labels,
+                                                        sample.boxes if use_boxes else ())
                 result.cam_seconds += time.perf_counter() - t0
                 save_label_png(files[0], label)
                 if cfg.save_cams:
@@ -342,6 +366,25 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
             console.print(metrics_table(columns, title=f"pseudo labels of {ds.split!r} vs ground truth"))
     info.barrier()  # metrics.json is there when any process returns
     return result
+
+
+def _open_split(cfg: PseudoLabelConfig, trained):
+    """The split to label, and whether its boxes bound the CAMs (``--boxes``)."""
+    trained_on_boxes = "boxes" in guidance_kinds(trained.config.get("guidance") or "none")
+    want = cfg.boxes == "on" or (cfg.boxes == "auto" and trained_on_boxes)
+    options = {"image_size": trained.image_size, "train": False, "require_labels": False}
+    ds = open_dataset(cfg.data, cfg.split, **options)
+    if want and not any(s.boxes for s in ds.samples) and not is_folder_dataset(ds.root):
+        try:  # VOC reads Annotations/*.xml only when boxes are asked for
+            ds = open_dataset(cfg.data, cfg.split, annotations="masks,boxes", **options)
+        except (AttnGuideError, FileNotFoundError):
+            pass
+    has_boxes = any(s.boxes for s in ds.samples)
+    if cfg.boxes == "on" and not has_boxes:
+        raise AttnGuideError(
+            f"--boxes on: no image of split {cfg.split!r} of {cfg.data} has a box; add the CSV "
+            "column boxes (class:x0,y0,x1,y1;...), or VOC's Annotations/*.xml, or use --boxes off")
+    return ds, want and has_boxes
 
 
 def _merge(result: PseudoLabelResult, plain: ConfusionMatrix, refined: ConfusionMatrix, has_gt: bool,

@@ -3,7 +3,8 @@ SEC's losses, and mIoU. Pure functions and small classes; the commands that run
 them on a data set live in :mod:`attnguide.tasks`.
 
 Submodules:
-    pseudo     multi-scale CAM fusion, background rules, pseudo labels, SEC cues
+    pseudo     multi-scale CAM fusion, background rules, pseudo labels (within boxes),
+               SEC cues
     crf        dense CRF (pydensecrf, optional: ``attnguide[crf]``) and a process pool
     crf_jobs   the CRF work sent to worker processes (imports no model code)
     evaluate   confusion matrix, IoU, mIoU, folder evaluation
@@ -32,6 +33,7 @@ _EXPORTS = {
     "BackgroundRule": "pseudo",
     "background_rule": "pseudo",
     "cams_to_labels": "pseudo",
+    "restrict_to_boxes": "pseudo",
     "seed_cues": "pseudo",
     "seeding_loss": "sec",
     "global_weighted_rank_pooling": "sec",

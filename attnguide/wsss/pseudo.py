@@ -33,6 +33,7 @@ __all__ = [
     "BackgroundRule",
     "background_rule",
     "cams_to_labels",
+    "restrict_to_boxes",
     "seed_cues",
 ]
 
@@ -217,6 +218,40 @@ def cams_to_labels(
     rule = background_rule(bg)
     scores = torch.cat([rule(cams)[None], cams])  # (K + 1, H, W)
     return _to_label_values(scores.argmax(dim=0), classes).to(torch.uint8).numpy()
+
+
+def restrict_to_boxes(cams: torch.Tensor | np.ndarray, inside: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Box-supervised pseudo labels: each class's CAM kept only inside its own boxes.
+
+    The rule of box-supervised segmentation (BoxSup, Dai et al. ICCV 2015; Simple Does It,
+    Khoreva et al. CVPR 2017): a pixel outside every box of a class is not that class. A
+    class with boxes keeps its CAM inside them, divided by its maximum there (so its
+    peak inside the box is 1 again); a class without any box (``inside[k]`` all False)
+    keeps its CAM unchanged. Where every present class has boxes, a pixel outside all
+    of them has no class score left, and either background rule labels it background.
+
+    Args:
+        cams: ``(K, H, W)`` normalised CAMs in [0, 1].
+        inside: ``(K, H, W)`` bool, the pixels inside each class's boxes
+            (:meth:`attnguide.core.annotations.Annotations.box_targets` rasterises them).
+
+    Returns:
+        ``(K, H, W)`` float32 CAMs in [0, 1].
+
+    Example:
+        >>> cams = torch.tensor([[[0.9, 0.5, 0.2]]])
+        >>> restrict_to_boxes(cams, torch.tensor([[[False, True, True]]]))
+        tensor([[[0.0000, 1.0000, 0.4000]]])
+    """
+    cams = torch.as_tensor(cams).float()
+    inside = torch.as_tensor(inside, dtype=torch.bool)
+    if inside.shape != cams.shape:
+        raise AttnGuideError(f"inside must have the CAMs' shape {tuple(cams.shape)} (K, H, W), "
+                             f"got {tuple(inside.shape)}")
+    boxed = inside.flatten(1).any(1)  # (K,) classes that have a box
+    kept = torch.where(inside, cams, torch.zeros_like(cams))
+    peak = kept.flatten(1).amax(1).clamp(min=_EPS)[:, None, None]
+    return torch.where(boxed[:, None, None], (kept / peak).clamp(max=1.0), cams)
 
 
 def seed_cues(

@@ -6,7 +6,11 @@ accuracy, mAP and worst-group accuracy on the unbiased test split, CAM mIoU, the
 inside the box* (the share of each present class's attention inside the tight box of its
 true mask, on test), and the pseudo-label mIoU of the training split with and without dense
 CRF (scored against the true masks; the classes of the pseudo labels are the images' true
-labels, as in the WSSS papers). Every row reports its optimizer steps and wall time.
+labels, as in the WSSS papers). A row trained on boxes for every image makes its pseudo labels
+within those boxes (``pseudo-label --boxes auto``: outside every box is background, the rule
+of box-supervised WSSS), and also reports them without (``--boxes off``); the 10 % box row
+uses no boxes there (the CSV has every image's boxes, the run saw a tenth of them). Every
+row reports its optimizer steps and wall time.
 
 The terms are the library's: masks feed GAIN_ext's L_e (``--guidance ext``), boxes the energy
 loss of Rao, Böhle et al. (ICCV 2023) beside GAIN's L_am (``self+energy``), clicks the point
@@ -16,6 +20,10 @@ an epoch); the scenes' CSVs carry boxes and clicks derived from their true masks
 
     python benchmarks/annotations/run.py --out runs/annotations-bench --write
     python benchmarks/annotations/run.py --rows boxes100 masks10 --seeds 0 1 2 --write
+    python benchmarks/annotations/run.py --data runs/composite/data --out runs/annotations-composite --write
+
+``--data`` takes any folder data set with masks and ``boxes`` / ``points`` columns, e.g. the
+composite real-picture set of benchmarks/composite/make_data.py (emoji on wallpaper photos).
 """
 
 from __future__ import annotations
@@ -39,11 +47,13 @@ from attnguide.tasks.demo import SCENES as DEMO_SCENES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 SECTION = "Boxes, clicks or masks on the scenes"
+REAL_SECTION = "Boxes, clicks or masks on real pictures"
 TEN = {"pixel_labels": "10%", "labelled_share": 0.5}
 ALL = {"pixel_labels": "100%"}
 ROWS = {
     "unguided": ("unguided (CAM baseline)", {"guidance": "none"}),
-    "unguided42": ("unguided, 42 steps (the 10 % rows' count)", {"guidance": "none", "steps": 42}),
+    "unguided_steps": ("unguided, the masks10 row's steps (equal compute)",
+                       {"guidance": "none", "steps_of": "masks10"}),
     "gain": ("GAIN (no annotation)", {"guidance": "self"}),
     "masks10": ("masks, 10 % (GAIN_ext)", {"guidance": "ext", "annotations": "masks", **TEN}),
     "masks100": ("masks, 100 % (GAIN_ext)", {"guidance": "ext", "annotations": "masks", **ALL}),
@@ -55,7 +65,9 @@ ROWS = {
 COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"),
            ("test_worst_group_accuracy", "worst group"), ("test_cam_miou", "CAM mIoU"),
            ("test_box_energy", "energy in box"), ("pseudo_miou", "pseudo mIoU"),
-           ("pseudo_miou_crf", "with CRF")]
+           ("pseudo_miou_crf", "with CRF"), ("pseudo_miou_crf_free", "with CRF, boxes unused")]
+BOXED = {"boxes100"}
+"""Rows with boxes on every training image: their pseudo labels are made within the boxes."""
 
 
 def box_energy(run: Path, data: Path, device: str) -> float:
@@ -91,6 +103,17 @@ def box_energy(run: Path, data: Path, device: str) -> float:
     return total / max(count, 1)
 
 
+def _describe(data: Path) -> str:
+    """Sizes of a folder data set, from composite.json when it is a composite one."""
+    params = data / "composite.json"
+    if params.is_file():
+        p = json.loads(params.read_text())
+        return (f"composite real pictures: {p['n_train']} train / {p['n_test']} test images of "
+                f"{p['image_size']} px, a class's own background pool in {p['bias']:.0%} of train "
+                f"images, {p['min_objects']}-{p['max_objects']} objects, held-out object files in test")
+    return "a folder data set"
+
+
 def _trained(run: Path, epochs: int) -> bool:
     """Whether the run in ``run`` finished its ``epochs`` (its last.pt is the final one)."""
     try:
@@ -119,6 +142,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], help="training option key=value, all rows")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a folder data set with masks and boxes/points columns instead of the scenes")
     p.add_argument("--n-train", type=int, default=DEMO_SCENES["n_train"],
                    help="training images of the scenes (the demo's by default; fewer on a busy CPU)")
     p.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
@@ -129,7 +154,7 @@ def main(argv=None) -> None:
     from attnguide.data import make_scenes
 
     scenes = {**{k: v for k, v in DEMO_SCENES.items() if k != "seed"}, "n_train": args.n_train}
-    data = make_scenes(args.out / "scenes", **scenes)
+    data = args.data or make_scenes(args.out / "scenes", **scenes)
     sets = dict(item.split("=", 1) for item in args.set)
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
     for row in args.rows:
@@ -143,6 +168,11 @@ def main(argv=None) -> None:
                 continue
             run.mkdir(parents=True, exist_ok=True)
             options = {**DEMO_CLASSIFIER, "val_split": "", **ROWS[row][1], **sets}  # no per-epoch val
+            if "steps_of" in options:  # equal compute: the named row's optimizer steps, same seed
+                ref = args.out / f"{options.pop('steps_of')}-s{seed}" / "bench.json"
+                if not ref.exists():
+                    raise SystemExit(f"row {row} takes the steps of {ref.parent.name}: run that first")
+                options["steps"] = json.loads(ref.read_text())["steps"]
             t0 = time.time()
             if _trained(run, options["epochs"]):  # trained, not scored yet: the epochs' own seconds
                 train_s = sum(json.loads(line)["time"] for line in
@@ -156,7 +186,11 @@ def main(argv=None) -> None:
             t0 = time.time()
             metrics = test_metrics(run, data, args.device)
             metrics["test_box_energy"] = box_energy(run, data, args.device)
-            metrics.update(pseudo_metrics(run, data, args.device, crf=True))
+            boxed = row in BOXED
+            metrics.update(pseudo_metrics(run, data, args.device, crf=True, boxes="on" if boxed else "off"))
+            if boxed:
+                free = pseudo_metrics(run, data, args.device, crf=True, boxes="off", out="pseudo_free")
+                metrics["pseudo_miou_crf_free"] = free["pseudo_miou_crf"]
             metrics.update(train_cost(run), train_s=train_s, score_s=time.time() - t0)
             write_json(done, metrics)
             results[row].append(metrics)
@@ -188,17 +222,27 @@ def main(argv=None) -> None:
                 goal.append(f"- {row}: CRF pseudo-label mIoU {mean[row]:.3f} = **{share:.0%}** of "
                             f"masks10's {mean['masks10']:.3f} (goal {need:.0%}: "
                             f"{'met' if share >= need else 'not met'})")
+        worst = {row: statistics.mean([m["test_worst_group_accuracy"] for m in results[row]])
+                 for row in ("masks10", "boxes100", "points100") if results.get(row)}
+        if len(worst) > 1:
+            goal.append("- worst-group accuracy (the shortcut gap closed): " + ", ".join(
+                f"{row} {value:.3f}" for row, value in worst.items()))
     table = "\n".join(lines)
     cmd = "python benchmarks/annotations/run.py " + " ".join(
         (["--rows", *args.rows] if args.rows != list(ROWS) else [])
         + (["--seeds", *map(str, args.seeds)] if args.seeds != [0] else [])
         + [f"--set {s}" for s in args.set] + ["--table-only"] * args.table_only
-        + ([f"--n-train {args.n_train}"] if args.n_train != DEMO_SCENES["n_train"] else [])) + " --write"
-    text = (f"### {SECTION}: {', '.join(args.rows)}, seeds {' '.join(map(str, args.seeds))}\n\n"
-            f"`{cmd.replace('  ', ' ')}` ({platform.machine()}, {args.device}, shared with other "
-            f"sessions' jobs: wall times are inflated; {wall:.0f} s for the table). Scale: the demo's "
-            f"scenes ({args.n_train} train images of {DEMO_SCENES['image_size']} px, "
-            f"{DEMO_SCENES['n_test']} test) and classifier ({DEMO_CLASSIFIER['model']}, "
+        + ([f"--n-train {args.n_train}"] if args.n_train != DEMO_SCENES["n_train"] and not args.data else [])
+        + ([f"--data {args.data}"] if args.data else [])) + " --write"
+    if args.data:
+        section, where = REAL_SECTION, f"`{args.data}` ({_describe(args.data)})"
+    else:
+        section, where = SECTION, (f"the demo's scenes ({args.n_train} train images of "
+                                   f"{DEMO_SCENES['image_size']} px, {DEMO_SCENES['n_test']} test)")
+    text = (f"### {section}: {', '.join(args.rows)}, seeds {' '.join(map(str, args.seeds))}\n\n"
+            f"`{cmd.replace('  ', ' ')}` ({platform.machine()}, {args.device}; {wall:.0f} s for the "
+            f"table; rows may have run two at a time, one thread each). Data: {where}; the demo's classifier "
+            f"({DEMO_CLASSIFIER['model']}, "
             f"{DEMO_CLASSIFIER['epochs']} epochs, {DEMO_CLASSIFIER['warmup_epochs']} of them "
             "unguided, batch 32, AdamW 1e-3); term weights at their defaults (energy 1, point 1, "
             "omega 10). Pseudo labels: the training split, true image labels, scales 1.0 and 1.5, "
@@ -209,7 +253,8 @@ def main(argv=None) -> None:
 
         key = (f"annotations/run.py: {' '.join(args.rows)} seeds {' '.join(map(str, args.seeds))}"
                f" n_train {args.n_train}")
-        record(key, text, section=SECTION, history="annotations.md", results=RESULTS)
+        key += f" data {args.data.name}" if args.data else ""
+        record(key, text, section=section, history="annotations.md", results=RESULTS)
 
 
 if __name__ == "__main__":

@@ -195,13 +195,15 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
     return {k.replace("val_", "test_"): v for k, v in metrics.items()}
 
 
-def pseudo_metrics(run: Path, data: Path, device: str, crf: bool) -> dict:
+def pseudo_metrics(run: Path, data: Path, device: str, crf: bool, boxes: str = "auto",
+                   out: str = "pseudo") -> dict:
     """Pseudo-label mIoU of the run's attention on the training split (true masks),
-    without and with dense CRF."""
+    without and with dense CRF; ``boxes``: pseudo-label's --boxes (auto: the boxes bound
+    the CAMs when the run was trained on boxes)."""
     from attnguide.tasks.pseudo_labels import PseudoLabelConfig, pseudo_label
 
     res = pseudo_label(PseudoLabelConfig(run=str(run / "last.pt"), data=str(data), split="train",
-                                         out=str(run / "pseudo"), scales=(1.0, 1.5), crf=crf,
+                                         out=str(run / out), scales=(1.0, 1.5), crf=crf, boxes=boxes,
                                          device=device, quiet=True, resume=True))
     return {"pseudo_miou": res.metrics.miou if res.metrics else None,
             "pseudo_miou_crf": res.crf_metrics.miou if res.crf_metrics else None}

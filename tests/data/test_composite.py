@@ -138,6 +138,14 @@ def test_multi_label_objects_and_mask_classes(inputs, tmp_path):
         assert present == {c + 1 for c in sample.labels}
     groups = dataset_groups(ds)
     assert len(groups) == sum(counts)  # one pair per (image, visible class)
+    for sample in ds.samples:  # boxes and clicks of the exact masks, for --annotations
+        mask = load_label_png(sample.mask_path)
+        assert {b[0] for b in sample.boxes} == {p[0] for p in sample.points} == set(sample.labels)
+        for c, x0, y0, x1, y1 in sample.boxes:
+            ys, xs = np.nonzero(mask == c + 1)
+            assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        for c, x, y in sample.points:
+            assert mask[int(y), int(x)] == c + 1
 
 
 def test_reuse_and_overwrite(inputs, tmp_path):

@@ -285,3 +285,67 @@ def test_cli_bad_input_is_one_line_and_exit_2(classifier, scenes, tmp_path, caps
     assert "background rule" in _one_error_line(capsys)
     assert cli.main(["pseudo-label", str(tmp_path / "nothing"), "--data", str(scenes)]) == 2
     assert "does not exist" in _one_error_line(capsys)
+
+
+def _box_rasters(sample, size) -> dict[int, np.ndarray]:
+    """class -> (H, W) bool union of its boxes (pixel centres inside the box)."""
+    h, w = size
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    out: dict[int, np.ndarray] = {}
+    for c, x0, y0, x1, y1 in sample.boxes:
+        inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+        out[c] = out.get(c, np.zeros((h, w), bool)) | inside
+    return out
+
+
+def test_boxes_on_keeps_each_class_inside_its_own_boxes(classifier, scenes, tmp_path):
+    """--boxes on: no pixel outside a class's boxes gets that class, so outside every box is
+    background; --boxes off (what an unguided run gets under auto) labels beyond them."""
+    on = pseudo_label(_cfg(classifier, scenes, tmp_path / "on", boxes="on"))
+    off = pseudo_label(_cfg(classifier, scenes, tmp_path / "off", boxes="off"))
+    assert on.config["within_boxes"] is True and off.config["within_boxes"] is False
+    ds = open_dataset(scenes, "train", train=False)
+    outside_off = 0
+    for sample in ds.samples:
+        assert sample.boxes, "the scenes' CSV gives every image its boxes"
+        label_on = load_label_png(label_path(tmp_path / "on", sample.name))
+        label_off = load_label_png(label_path(tmp_path / "off", sample.name))
+        boxes = _box_rasters(sample, label_on.shape)
+        for value in np.unique(label_on[label_on > 0]):
+            assert not (label_on == value)[~boxes[int(value) - 1]].any(), sample.name
+        anywhere = np.any(list(boxes.values()), axis=0)
+        assert (label_on[~anywhere] == 0).all()
+        outside_off += int((label_off[~anywhere] > 0).sum())
+    assert outside_off > 0, "the unbounded CAMs spill out of the boxes somewhere"
+    assert on.metrics.miou > off.metrics.miou
+
+
+def test_boxes_auto_follows_what_the_run_was_trained_on(classifier, scenes, tmp_path):
+    import torch
+
+    plain = pseudo_label(_cfg(classifier, scenes, tmp_path / "plain", scales=(1.0,)))
+    assert plain.config["within_boxes"] is False  # guidance none: boxes unused
+    ckpt = torch.load(Path(classifier) / "last.pt", map_location="cpu", weights_only=False)
+    ckpt["config"]["guidance"] = "self+energy"  # as `train --guidance self+energy` records it
+    boxed_run = tmp_path / "boxed.pt"
+    torch.save(ckpt, boxed_run)
+    boxed = pseudo_label(_cfg(boxed_run, scenes, tmp_path / "boxed", scales=(1.0,)))
+    assert boxed.config["within_boxes"] is True
+
+
+def test_boxes_on_without_boxes_names_the_fix(classifier, scenes, tmp_path):
+    data = tmp_path / "noboxes"
+    shutil.copytree(scenes, data)
+    for split in ("train", "val", "test"):
+        path = data / f"{split}.csv"
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        with path.open("w", newline="") as f:
+            keep = [k for k in rows[0] if k not in ("boxes", "points")]
+            writer = csv.DictWriter(f, fieldnames=keep, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    with pytest.raises(AttnGuideError, match="--boxes on: no image of split 'train'.*--boxes off"):
+        pseudo_label(_cfg(classifier, data, tmp_path / "out", boxes="on"))
+    with pytest.raises(AttnGuideError, match="--boxes must be one of auto, on, off"):
+        pseudo_label(_cfg(classifier, scenes, tmp_path / "out", boxes="yes"))

@@ -14,7 +14,7 @@ from attnguide.core.masks import MASKS
 from attnguide.core.terms import TERMS
 from attnguide.errors import AttnGuideError
 
-GUIDANCE_PARTS = ("self", "ext", "rrr", "bg", "swap", "energy", "box_l1", "point", "avoid")
+GUIDANCE_PARTS = ("self", "ext", "rrr", "bg", "swap", "energy", "box_l1", "box_swap", "point", "avoid")
 """``--guidance`` is ``none``, ``auto`` or a '+'-joined set of these (``ext+rrr``,
 ``self+energy``); ``am`` is another name for ``self``."""
 ALIASES = {"am": "self"}
@@ -31,7 +31,7 @@ MASK_PARTS = frozenset({"ext", "rrr", "bg", "swap"})
 """Guidance words that read pixel masks (masks or scribbles)."""
 PART_KINDS = {"ext": ("mask", "scribble"), "rrr": ("mask", "scribble"),
               "bg": ("mask", "scribble"), "swap": ("mask", "scribble"),
-              "energy": ("boxes",), "box_l1": ("boxes",), "point": ("points",),
+              "energy": ("boxes",), "box_l1": ("boxes",), "box_swap": ("boxes",), "point": ("points",),
               "avoid": ("avoid",)}
 """The annotation kinds (`attnguide.core.annotations.KINDS`) each guidance word uses."""
 KIND_WORDS = {"masks": "mask", "mask": "mask", "scribbles": "scribble", "scribble": "scribble",
@@ -145,6 +145,8 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
         terms["energy"] = config.get("energy_weight", 1.0)
     if "box_l1" in parts:
         terms["box_l1"] = config.get("box_l1_weight", 1.0)
+    if "box_swap" in parts:
+        terms["box_swap"] = config.get("swap_weight", 1.0)
     if "point" in parts:
         terms[TERMS.get("point").configured(sigma=config.get("point_sigma", 0.05))] = \
             config.get("point_weight", 1.0)

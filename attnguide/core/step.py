@@ -151,17 +151,19 @@ class Step:
             self._cache[key] = (index, self.guide.extra_logits(objects))
         return self._cache[key]
 
-    def swapped_logits(self, attention: bool = False) -> tuple[Tensor, Tensor]:
+    def swapped_logits(self, attention: bool = False, boxes: bool = False) -> tuple[Tensor, Tensor]:
         """``(index, logits)``: images and the (N, C) logits of their objects pasted on
         the background of another image of the batch (drawn at random, never itself),
         whose own objects are painted over with the first image's background.
 
         Objects come from the pixel mask (images with a labelled pixel); with
         ``attention`` every other image with a positive class takes part too, its
-        objects cut out by its own erasing mask T(A) (detached). Empty when fewer
-        than two images take part.
+        objects cut out by its own erasing mask T(A) (detached); with ``boxes`` the
+        objects of the images with boxes (and no mask) are everything inside their boxes
+        (the object and the background the box holds). Empty when fewer than two
+        images take part.
         """
-        key = "swapped_attention" if attention else "swapped"
+        key = ("swapped", attention, boxes)
         if key not in self._cache:
             images = self.images
             objects = torch.zeros_like(images[:, :1])
@@ -171,6 +173,13 @@ class Step:
                 objects = soft.new_zeros(len(images), soft.shape[1]).scatter_reduce_(
                     0, self.pairs[:, :1].expand_as(soft), soft, "amax").view_as(objects)
                 taking_part[self.pairs[:, 0]] = True
+            if boxes and self.annotations is not None and "boxes" in self.annotations.kinds():
+                size = tuple(images.shape[-2:])
+                inside, has = self.annotations.box_targets(self.logits.shape[1], size)
+                boxed = has.any(1).to(images.device)
+                objects = torch.where(boxed[:, None, None, None],
+                                      inside.any(1, keepdim=True).to(images), objects)
+                taking_part |= boxed
             if self.masks is not None:
                 has_label = labelled(self.masks)
                 objects = torch.where(has_label[:, None, None, None],

@@ -33,6 +33,12 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            mask where there is one, else cut out by the image's own attention
            (its erasing mask T(A), detached), so a few masks (which train the
            attention with ``ext``) reach the unlabelled images.
+``box_swap`` the background swap for boxes: each image with boxes has everything inside
+           its boxes (object and the background the box holds) pasted onto another
+           boxed image's background; masks, where an image has one, cut as in
+           ``swap`` (images with boxes or masks, two or more per batch; one more
+           forward, no CAM). The cut-and-paste of box-supervised segmentation
+           (Dwibedi et al. 2017, "Cut, Paste and Learn") as a consistency loss.
 ``energy`` boxes: 1 - the share of each positive class's attention inside its
            boxes (Rao, Böhle et al., ICCV 2023; images with boxes only).
 ``box_l1`` boxes: the mean attention outside the class's boxes (the same paper's
@@ -245,6 +251,10 @@ def _swap(step: Step) -> Tensor:
     return _invariance(step, *step.swapped_logits())
 
 
+def _box_swap(step: Step) -> Tensor:
+    return _invariance(step, *step.swapped_logits(boxes=True))
+
+
 def _swap_attention(step: Step) -> Tensor:
     return _invariance(step, *step.swapped_logits(attention=True))
 
@@ -380,6 +390,7 @@ TERMS.register("area")(Term(_area))
 TERMS.register("bg")(Term(_bg, attention=False, masks=True, options={"fill": 0.0}))
 TERMS.register("swap")(Term(_swap, attention=False, masks=True))
 TERMS.register("swap_attention")(Term(_swap_attention))
+TERMS.register("box_swap")(Term(_box_swap, attention=False, kinds=("boxes",)))
 TERMS.register("energy")(Term(_energy, kinds=("boxes",)))
 TERMS.register("box_l1")(Term(_box_l1, kinds=("boxes",)))
 TERMS.register("point")(Term(_point, kinds=("points",), options={"sigma": 0.05}))

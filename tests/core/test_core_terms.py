@@ -150,6 +150,31 @@ def test_swap_pastes_objects_on_another_background_and_paints_over_its_objects()
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_box_swap_pastes_everything_inside_the_boxes():
+    """box_swap: an image's boxes (object and the background they hold) on another boxed
+    image's background; an image without boxes takes no part."""
+    from attnguide.core.annotations import Annotations
+
+    images, labels, _ = _batch(n=3)
+    ann = Annotations([{"boxes": [(0, 2, 3, 8, 9)]}, {"boxes": [(1, 10, 0, 16, 5), (1, 0, 12, 3, 16)]}, None])
+    model = _Recording()
+    guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"box_swap": 1.0})
+    out = guide(images, labels, ann)
+    swapped = model.seen[1]  # the clean batch, then the two boxed images swapped
+    inside, _ = ann.box_targets(3, (16, 16))
+    box0, box1 = inside[0].any(0), inside[1].any(0)
+    assert box0[3:9, 2:8].all() and box0.sum() == 36 and box1.sum() == 30 + 12
+    assert swapped.shape[0] == 2
+    assert torch.equal(swapped[0], torch.where(box0 | box1, images[0], images[1]))
+    assert torch.equal(swapped[1], torch.where(box0 | box1, images[1], images[0]))
+    assert out.losses["box_swap"] > 0
+    assert torch.allclose(out.loss, out.losses["cls"] + out.losses["box_swap"])
+    kwargs = guide_kwargs(TrainConfig(data="x", guidance="self+energy+box_swap", swap_weight=2).to_dict())
+    assert kwargs["terms"] == {"energy": 1.0, "box_swap": 2.0}
+    with pytest.raises(AttnGuideError, match="--swap-weight 0 adds nothing"):
+        TrainConfig(data="x", guidance="self+box_swap", swap_weight=0).validate()
+
+
 def test_swap_needs_two_labelled_images_in_the_batch():
     images, labels, masks = _two_labelled()
     model = _Recording()

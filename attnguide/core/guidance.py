@@ -22,8 +22,11 @@ AUTO_GUIDANCE = {False: "self", True: "ext+swap"}
 """What ``--guidance auto`` becomes without / with pixel masks in the training split:
 GAIN's self-guidance, or GAIN_ext plus the background swap (the setting that removed
 the shortcut in benchmarks/RESULTS.md, "Shortcut removal on the cue scenes"). Boxes,
-points and avoid regions in the training split add ``energy``, ``point`` and ``avoid``."""
-AUTO_PARTS = {"boxes": "energy", "points": "point", "avoid": "avoid"}
+points and avoid regions in the training split add ``energy+box_swap``, ``point`` and
+``avoid``; with boxes, ``box_swap`` takes the place of ``swap`` (it swaps the masked images
+by their masks too).
+"""
+AUTO_PARTS = {"boxes": "energy+box_swap", "points": "point", "avoid": "avoid"}
 """The guidance word that ``--guidance auto`` adds for each annotation kind it finds."""
 SWAP_SOURCES = ("auto", "masks", "attention")
 AVOID_SOURCES = ("attention", "input_grad")
@@ -42,12 +45,16 @@ KIND_WORDS = {"masks": "mask", "mask": "mask", "scribbles": "scribble", "scribbl
 
 def resolve_guidance(guidance: str, has_masks: bool, kinds=()) -> str:
     """``auto`` -> `AUTO_GUIDANCE` for a training split with or without pixel masks, plus
-    the word of each other annotation kind in ``kinds`` (`AUTO_PARTS`: boxes add
-    ``energy``); any other value unchanged."""
+    the words of each other annotation kind in ``kinds`` (`AUTO_PARTS`: boxes add
+    ``energy+box_swap``, which replaces ``swap``); any other value unchanged. The box
+    words were measured on the scenes: RESULTS.md, "Boxes, clicks or masks on the scenes"."""
     if guidance != "auto":
         return guidance
     extra = [AUTO_PARTS[k] for k in KINDS if k in AUTO_PARTS and k in set(kinds)]
-    return "+".join([AUTO_GUIDANCE[bool(has_masks)], *extra])
+    base = AUTO_GUIDANCE[bool(has_masks)]
+    if "boxes" in set(kinds):  # box_swap cuts masked images by their masks: one swap, not two
+        base = "+".join(p for p in base.split("+") if p != "swap")
+    return "+".join([base, *extra])
 
 
 def resolve_swap_source(swap_source: str) -> str:

@@ -70,7 +70,7 @@ class TrainConfig(Options):
     layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
 
     # --- guided attention (GAIN)
-    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); energy, box_l1, box_swap (boxes); point (clicks); avoid (avoid regions); or joined: ext+swap, self+energy (am = self). ext, rrr, bg, swap need masks (or scribbles); auto adds energy, point, avoid for boxes, points, avoid named by --annotations
+    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); energy, box_l1, box_swap (boxes); point (clicks); avoid (avoid regions); or joined: ext+swap, self+energy (am = self). ext, rrr, bg, swap need masks (or scribbles); auto adds energy+box_swap (in place of swap), point, avoid for boxes, points, avoid named by --annotations
     warmup_epochs: int = 1  # classification-only epochs before L_am is switched on
     alpha: float = 1.0  # weight of the attention-mining loss L_am (paper: 1)
     omega: float = 10.0  # weight of the pixel-mask loss L_e of GAIN_ext (paper: 10)

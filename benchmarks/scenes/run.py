@@ -209,10 +209,10 @@ def pseudo_metrics(run: Path, data: Path, device: str, crf: bool, boxes: str = "
             "pseudo_miou_crf": res.crf_metrics.miou if res.crf_metrics else None}
 
 
-def segmenter_metrics(run: Path, data: Path, device: str, true_masks: bool = False) -> dict:
+def segmenter_metrics(run: Path, data: Path, device: str, true_masks: bool = False, seed: int = 0) -> dict:
     """Test mIoU of a small segmenter trained on the run's CRF pseudo labels, or on the true
     masks (the demo's segmenter: U-Net/tu-resnet10t from scratch, 64 px crops, segment's
-    defaults)."""
+    defaults), seeded with the job's seed (so the seeds' spread includes the segmenter's)."""
     from attnguide.tasks.demo import SEGMENTER
     from attnguide.tasks.evaluate import evaluate_predictions
     from attnguide.tasks.prediction import predict
@@ -222,7 +222,8 @@ def segmenter_metrics(run: Path, data: Path, device: str, true_masks: bool = Fal
     resume = str(seg) if (seg / "last.pt").exists() else None  # a killed run goes on; a finished one stops
     labels = "gt" if true_masks else str(run / "pseudo" / "crf")
     segment(SegmentConfig(data=str(data), labels=labels, out=str(seg),
-                          val_split="", device=device, quiet=True, resume=resume, **SEGMENTER))
+                          val_split="", device=device, quiet=True, resume=resume, seed=seed,
+                          **SEGMENTER))
     pred = seg / "test_predictions"
     predict(seg / "last.pt", pred, data=str(data), split="test", device=device, quiet=True)
     return {"segmenter_miou": evaluate_predictions(pred, data=str(data), split="test").miou}
@@ -240,13 +241,13 @@ def run_steps(run: Path) -> int:
 
 
 def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool,
-              true_masks: bool = False) -> None:
+              true_masks: bool = False, seed: int = 0) -> None:
     """Add the columns the run's test_metrics.json lacks (all of them for a new run): test
     metrics, and with ``pseudo`` / ``segment`` the pseudo-label and segmenter mIoU;
     ``true_masks``: only the segmenter, trained on the true masks (no classifier)."""
     done_file = run / "test_metrics.json"
     if true_masks:
-        write_json(done_file, segmenter_metrics(run, data, device, true_masks=True))
+        write_json(done_file, segmenter_metrics(run, data, device, true_masks=True, seed=seed))
         return
     metrics = json.loads(done_file.read_text()) if done_file.exists() else test_metrics(run, data, device)
     if "steps" not in metrics:
@@ -254,7 +255,7 @@ def score_run(run: Path, data: Path, device: str, pseudo: bool, segment: bool,
     if (pseudo or segment) and "pseudo_miou" not in metrics:
         metrics.update(pseudo_metrics(run, data, device, crf=True))
     if segment and "segmenter_miou" not in metrics:
-        metrics.update(segmenter_metrics(run, data, device))
+        metrics.update(segmenter_metrics(run, data, device, seed=seed))
     write_json(done_file, metrics)
 
 
@@ -333,9 +334,11 @@ def main(argv=None) -> None:
                         "rows and settings (moved to benchmarks/history/)")
     p.add_argument("--true-masks", action="store_true", help=argparse.SUPPRESS)  # --score: row truemasks
     p.add_argument("--score", type=Path, default=None, help=argparse.SUPPRESS)  # one run's columns (a job's 2nd step)
+    p.add_argument("--score-seed", type=int, default=0, help=argparse.SUPPRESS)  # --score: the job's seed
     args = p.parse_args(argv)
     if args.score:
-        score_run(args.score, args.data, args.device, args.pseudo, args.segment, args.true_masks)
+        score_run(args.score, args.data, args.device, args.pseudo, args.segment, args.true_masks,
+                  args.score_seed)
         return
     if TRUE_MASKS in args.rows and not args.segment:
         raise SystemExit(f"row {TRUE_MASKS} is a segmenter on the true masks: pass --segment")
@@ -417,7 +420,7 @@ def main(argv=None) -> None:
         scored = any(k not in have for k in wanted)
         if scored:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--score", str(run), "--data", str(data),
-                   "--device", args.device] + ["--pseudo"] * args.pseudo + ["--segment"] * (args.segment and seed in segment_seeds) + ["--true-masks"] * (row == TRUE_MASKS)
+                   "--device", args.device, "--score-seed", str(seed)] + ["--pseudo"] * args.pseudo + ["--segment"] * (args.segment and seed in segment_seeds) + ["--true-masks"] * (row == TRUE_MASKS)
             with (run / "score.log").open("w") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
                     raise SystemExit(f"scoring {row} seed {seed} failed; see {run}/score.log")

@@ -165,7 +165,9 @@ def test_guidance_words_join_the_new_terms():
     kw = guide_kwargs({"guidance": "self+energy+avoid", "energy_weight": 3.0,
                        "avoid_source": "input_grad"})
     assert kw["terms"] == {"energy": 3.0, "avoid_rrr": 1.0} and kw["alpha"] == 1.0
-    assert resolve_guidance("auto", True, {"mask", "boxes"}) == "ext+swap+energy"
+    assert resolve_guidance("auto", True, {"mask", "boxes"}) == "ext+energy+box_swap"
+    assert resolve_guidance("auto", False, {"boxes", "points"}) == "self+energy+box_swap+point"
+    assert resolve_guidance("auto", True, {"mask", "points"}) == "ext+swap+point"
     assert parse_annotation_kinds("masks,boxes") == {"mask", "boxes"}
     assert parse_annotation_kinds("auto") is None
 

@@ -173,12 +173,12 @@ def test_training_on_boxes_through_the_cli(tmp_path, capsys):
                      "--guidance", "auto", "--pixel-labels", "50%", "--labelled-share", "0.5"])
     assert result == 0, capsys.readouterr()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["guidance"] == "self+energy"
+    assert saved["guidance"] == "self+energy+box_swap"
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["train_loss_energy"] > 0
+    assert record["train_loss_energy"] > 0 and record["train_loss_box_swap"] > 0
     bad = _train([*common, "--out", str(tmp_path / "bad"), "--annotations", "boxes",
                   "--guidance", "ext"])
-    assert bad == 2 and "boxes feed --guidance energy or box_l1" in capsys.readouterr().err
+    assert bad == 2 and "boxes feed --guidance energy or box_l1 or box_swap" in capsys.readouterr().err
     lacking = _train([*common, "--out", str(tmp_path / "bad2"), "--guidance", "self+avoid"])
     assert lacking == 2 and "uses avoid (avoid), but no selected image" in capsys.readouterr().err
 

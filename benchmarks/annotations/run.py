@@ -268,7 +268,7 @@ def main(argv=None) -> None:
 
         key = (f"annotations/run.py: {' '.join(args.rows)} seeds {' '.join(map(str, args.seeds))}"
                f" n_train {args.n_train}")
-        key += f" data {args.data.name}" if args.data else ""
+        key += f" data {args.data.as_posix()}" if args.data else ""
         record(key, text, section=section, history="annotations.md", results=RESULTS)
 
 

@@ -169,9 +169,10 @@ def test_a_resumed_run_continues_its_wandb_run(scenes, tmp_path, monkeypatch):
     assert (run / "wandb" / "run_id").read_text().strip() == run_id
     files = sorted((tmp_path / "wandb-home").glob("wandb/offline-run-*/run-*.wandb"))
     assert [f.name for f in files] == [f"run-{run_id}.wandb"] * 2  # the same W&B run, twice
-    later = max(files, key=lambda f: f.stat().st_mtime_ns)
-    history, _ = _wandb_history(tmp_path, later)
-    assert history["epoch"] == {4: 2.0}  # the resumed epoch, at its optimizer step
+    # one of the two files is the resumed run's (modification times do not say which: the
+    # first run's writer may still touch its file when the second starts, on a busy machine)
+    epochs = [_wandb_history(tmp_path, f)[0].get("epoch") for f in files]
+    assert {4: 2.0} in epochs and {2: 1.0} in epochs  # each epoch at its optimizer step
 
 
 def test_a_missing_back_end_is_named_before_the_run_folder_is_made(scenes, tmp_path, monkeypatch):

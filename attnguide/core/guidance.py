@@ -153,7 +153,8 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
     if "box_l1" in parts:
         terms["box_l1"] = config.get("box_l1_weight", 1.0)
     if "box_swap" in parts:
-        terms["box_swap"] = config.get("swap_weight", 1.0)
+        source = resolve_swap_source(config.get("swap_source", "masks"))
+        terms["box_swap_attention" if source == "attention" else "box_swap"] = config.get("swap_weight", 1.0)
     if "point" in parts:
         terms[TERMS.get("point").configured(sigma=config.get("point_sigma", 0.05))] = \
             config.get("point_weight", 1.0)

@@ -160,8 +160,8 @@ class Step:
         ``attention`` every other image with a positive class takes part too, its
         objects cut out by its own erasing mask T(A) (detached); with ``boxes`` the
         objects of the images with boxes (and no mask) are everything inside their boxes
-        (the object and the background the box holds). Empty when fewer than two
-        images take part.
+        (the object and the background the box holds), and with both, what T(A) covers
+        inside the boxes. Empty when fewer than two images take part.
         """
         key = ("swapped", attention, boxes)
         if key not in self._cache:
@@ -177,8 +177,10 @@ class Step:
                 size = tuple(images.shape[-2:])
                 inside, has = self.annotations.box_targets(self.logits.shape[1], size)
                 boxed = has.any(1).to(images.device)
-                objects = torch.where(boxed[:, None, None, None],
-                                      inside.any(1, keepdim=True).to(images), objects)
+                cut = inside.any(1, keepdim=True).to(images)
+                if attention:  # inside the boxes, only what the attention's erasing mask covers
+                    cut = cut * objects
+                objects = torch.where(boxed[:, None, None, None], cut, objects)
                 taking_part |= boxed
             if self.masks is not None:
                 has_label = labelled(self.masks)

@@ -39,6 +39,9 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            ``swap`` (images with boxes or masks, two or more per batch; one more
            forward, no CAM). The cut-and-paste of box-supervised segmentation
            (Dwibedi et al. 2017, "Cut, Paste and Learn") as a consistency loss.
+``box_swap_attention`` the same, cutting inside each box only what the image's own
+           attention covers (its erasing mask T(A), detached), so that less of the
+           background the box holds travels with the object.
 ``energy`` boxes: 1 - the share of each positive class's attention inside its
            boxes (Rao, Böhle et al., ICCV 2023; images with boxes only).
 ``box_l1`` boxes: the mean attention outside the class's boxes (the same paper's
@@ -255,6 +258,10 @@ def _box_swap(step: Step) -> Tensor:
     return _invariance(step, *step.swapped_logits(boxes=True))
 
 
+def _box_swap_attention(step: Step) -> Tensor:
+    return _invariance(step, *step.swapped_logits(attention=True, boxes=True))
+
+
 def _swap_attention(step: Step) -> Tensor:
     return _invariance(step, *step.swapped_logits(attention=True))
 
@@ -391,6 +398,7 @@ TERMS.register("bg")(Term(_bg, attention=False, masks=True, options={"fill": 0.0
 TERMS.register("swap")(Term(_swap, attention=False, masks=True))
 TERMS.register("swap_attention")(Term(_swap_attention))
 TERMS.register("box_swap")(Term(_box_swap, attention=False, kinds=("boxes",)))
+TERMS.register("box_swap_attention")(Term(_box_swap_attention, kinds=("boxes",)))
 TERMS.register("energy")(Term(_energy, kinds=("boxes",)))
 TERMS.register("box_l1")(Term(_box_l1, kinds=("boxes",)))
 TERMS.register("point")(Term(_point, kinds=("points",), options={"sigma": 0.05}))

@@ -87,7 +87,7 @@ class TrainConfig(Options):
     rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap; box_swap for boxes)
-    swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention), or auto (masks, which worked better)
+    swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention; with box_swap, the attention inside the boxes), or auto (masks, which worked better)
     annotations: str = "auto"  # annotation kinds that feed the terms: auto (every kind of the training split that --guidance uses) or a ','-joined list of masks, scribbles, boxes, points, avoid (CSV columns mask, scribble, boxes, points, avoid; VOC: boxes from Annotations/*.xml, read only when named)
     annotated: str | None = None  # images whose boxes, points and avoid regions feed the terms: same (None: the --pixel-labels draw, among images with any chosen kind), or a draw of their own, all, a count N or "10%" (then --pixel-labels counts masks and scribbles only: 200 masks beside every image's boxes is --pixel-labels 200 --annotated all)
     energy_weight: float = 1.0  # weight of the energy loss on boxes, 1 - share of attention inside the class's boxes (with --guidance energy, e.g. self+energy)

@@ -175,6 +175,27 @@ def test_box_swap_pastes_everything_inside_the_boxes():
         TrainConfig(data="x", guidance="self+box_swap", swap_weight=0).validate()
 
 
+def test_box_swap_attention_cuts_only_the_attended_part_of_each_box():
+    from attnguide.core.annotations import Annotations
+
+    images, labels, _ = _batch(n=2)
+    ann = Annotations([{"boxes": [(0, 2, 3, 10, 11)]}, {"boxes": [(1, 6, 0, 16, 8)]}])
+    model = _Recording()
+    guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"box_swap_attention": 1.0})
+    out = guide(images, labels, ann)
+    inside, _ = ann.box_targets(3, (16, 16))
+    soft = guide.mask(out.attention).detach()  # (2, 16, 16): one positive class per image
+    cut = (inside.any(1).float() * soft).unsqueeze(1)  # attention inside the box only
+    partner = torch.tensor([1, 0])  # two images: each takes the other
+    background = cut[partner] * images + (1 - cut[partner]) * images[partner]
+    assert torch.allclose(model.seen[1], cut * images + (1 - cut) * background, atol=1e-6)
+    assert 0 < float(cut.sum()) < float(inside.any(1).sum())  # less than the whole boxes
+    assert out.losses["box_swap_attention"] > 0
+    kwargs = guide_kwargs(TrainConfig(data="x", guidance="self+energy+box_swap",
+                                      swap_source="attention").to_dict())
+    assert kwargs["terms"] == {"energy": 1.0, "box_swap_attention": 1.0}
+
+
 def test_swap_needs_two_labelled_images_in_the_batch():
     images, labels, masks = _two_labelled()
     model = _Recording()

@@ -39,14 +39,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from attnguide.data.io import reuse_generated, write_folder
 from attnguide.data.scenes import mask_boxes, mask_points
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
@@ -138,19 +137,10 @@ def make_composite(
     pools = _collect(Path(objects).expanduser(), Path(backgrounds).expanduser(), held_out,
                      max_objects)
     params["inputs"] = _fingerprint(pools)
-    if _reuse_existing(out, params, overwrite):
+    if reuse_generated(out, params, params_file=PARAMS_FILE, maker="make_composite",
+                       kind="composite", overwrite=overwrite):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        _write(partial, params, pools)
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return out
+    return write_folder(out, lambda folder: _write(folder, params, pools))
 
 
 # --- checking the inputs ----------------------------------------------------------------
@@ -281,28 +271,6 @@ def _fingerprint(pools: _Pools) -> dict:
         return {part: {key: [[p.name, p.stat().st_size] for p in files] for key, files in d.items()}
                 for part, d in parts.items()}
     return {"objects": listing(pools.object_files), "backgrounds": listing(pools.background_files)}
-
-
-def _reuse_existing(out: Path, params: dict, overwrite: bool) -> bool:
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise AttnGuideError(f"make_composite: {out} is a file; give a folder path")
-    try:
-        stored = json.loads((out / PARAMS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        stored = None
-    if stored == params:
-        return True
-    if stored is None and any(out.iterdir()):
-        raise AttnGuideError(f"make_composite: {out} holds files but no {PARAMS_FILE}, so it is not a "
-                             "composite folder; choose a new or empty folder (it is never deleted)")
-    if stored is not None and not overwrite:
-        changed = sorted(k for k in params if stored.get(k) != params[k])
-        raise AttnGuideError(f"make_composite: {out} holds a composite made with other settings "
-                             f"(differing: {changed}); pass overwrite=True (--overwrite) or use "
-                             "another folder")
-    return False
 
 
 # --- drawing ----------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Reading RGB images and checking label maps, with errors that name the file.
+"""Reading RGB images and checking label maps, with errors that name the file; the
+folders of the generated data sets (scenes, composites): reused when their parameters
+match, written whole or not at all.
 
 Label-map PNGs themselves are read and written by :mod:`attnguide.io.labels`
 (``load_label_png``, ``save_label_png``, the VOC palette); ``attnguide.data``
@@ -7,7 +9,10 @@ re-exports them as ``read_label_map``, ``write_label_png`` and ``VOC_PALETTE``.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +172,56 @@ def labels_in_mask(mask: np.ndarray) -> tuple[int, ...]:
     """Class indices (0-based, background excluded) present in an (H, W) label map."""
     present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     return tuple(int(v) - 1 for v in present if 0 < v < IGNORE)
+
+
+def read_params(folder: Path, params_file: str) -> dict | None:
+    """The parameters a generator recorded in ``folder/params_file``, or None."""
+    try:
+        return json.loads((folder / params_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def reuse_generated(out: Path, params: dict, *, params_file: str, maker: str, kind: str,
+                    overwrite: bool) -> bool:
+    """True when ``out`` already holds the data set ``params`` describe (so nothing is
+    written); False when it may be (re)written; raise when it holds something else: a file,
+    files without ``params_file``, or a data set of other parameters without ``overwrite``.
+    ``maker`` and ``kind`` name the generator and its folders in the messages
+    (``"make_scenes"``, ``"scenes"``)."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise AttnGuideError(f"{maker}: {out} is a file; give a folder path")
+    stored = read_params(out, params_file)
+    if stored == params:
+        return True
+    if stored is None and any(out.iterdir()):
+        raise AttnGuideError(
+            f"{maker}: {out} holds files but no {params_file}, so it is not a {kind} folder; "
+            "choose a new or empty folder (it is never deleted, even with overwrite=True)")
+    if stored is not None and not overwrite:
+        changed = [k if isinstance(v, dict) else f"{k} {stored.get(k)!r} -> {v!r}"
+                   for k, v in params.items() if stored.get(k) != v]
+        raise AttnGuideError(
+            f"{maker}: {out} holds a {kind} data set made with other settings (differing: "
+            f"{'; '.join(changed)}); pass overwrite=True (--overwrite) to regenerate, or use "
+            "another folder")
+    return False
+
+
+def write_folder(out: Path, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` into a temporary sibling of ``out``, then put it in ``out``'s place
+    (replacing what `reuse_generated` allowed to be replaced): an interrupted run never
+    leaves a half-written data set under ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write(partial)
+        if out.exists():  # an empty folder, or a data set to overwrite (checked before)
+            shutil.rmtree(out)
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from attnguide.data.io import reuse_generated, write_folder
 from attnguide.data.scene_drawing import CUE_REGION, CUE_SIZE, SHAPES, TEXTURES, render_scene
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
@@ -108,19 +107,10 @@ def make_scenes(
     if colours != "class":  # recorded only when set, so older scenes folders stay valid
         params["colours"] = colours
     _check_params(params)
-    if _reuse_existing(out, params, overwrite):
+    if reuse_generated(out, params, params_file=PARAMS_FILE, maker="make_scenes", kind="scenes",
+                       overwrite=overwrite):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        _write_scenes(partial, params)
-        if out.exists():  # an empty folder, or scenes to overwrite (checked above)
-            shutil.rmtree(out)
-        partial.rename(out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return out
+    return write_folder(out, lambda folder: _write_scenes(folder, params))
 
 
 # --- how the shortcuts are drawn --------------------------------------------------------
@@ -198,36 +188,6 @@ def _check_params(p: dict) -> None:
         raise AttnGuideError(
             f"make_scenes: bias_strength must be a number in [0, 1], got {strength!r}"
         )
-
-
-def _read_params(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _reuse_existing(out: Path, params: dict, overwrite: bool) -> bool:
-    """True when `out` already holds these scenes; raise when it holds something else."""
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise AttnGuideError(f"make_scenes: {out} is a file; give a folder path")
-    stored = _read_params(out)
-    if stored == params:
-        return True
-    if stored is None and any(out.iterdir()):
-        raise AttnGuideError(
-            f"make_scenes: {out} holds files but no {PARAMS_FILE}, so it is not a scenes folder; "
-            "choose a new or empty folder (it is never deleted, even with overwrite=True)"
-        )
-    if stored is not None and not overwrite:
-        changed = {k: (stored.get(k), v) for k, v in params.items() if stored.get(k) != v}
-        raise AttnGuideError(
-            f"make_scenes: {out} holds scenes made with other parameters "
-            f"(stored vs asked: {changed}); pass overwrite=True to regenerate, or use another folder"
-        )
-    return False
 
 
 def _write_scenes(folder: Path, params: dict) -> None:

@@ -298,30 +298,27 @@ def _boxes(step: Step) -> tuple[Tensor, Tensor] | None:
     return _pair_targets(step, "boxes", lambda a, c, size: a.box_targets(c, size, tuple(step.images.shape[-2:])))
 
 
-def _energy(step: Step) -> Tensor:
-    found = _boxes(step)
+def _pair_loss(step: Step, found: tuple[Tensor, Tensor] | None, loss) -> Tensor:
+    """``loss(attention, targets)`` of the pairs `_pair_targets` found; 0 when none."""
     if found is None:
         return _zero(step)
-    inside, index = found
-    return energy_loss(step.attention[index], inside)
+    targets, index = found
+    return loss(step.attention[index], targets)
+
+
+def _energy(step: Step) -> Tensor:
+    return _pair_loss(step, _boxes(step), energy_loss)
 
 
 def _box_l1(step: Step) -> Tensor:
-    found = _boxes(step)
-    if found is None:
-        return _zero(step)
-    inside, index = found
-    return outside_l1_loss(step.attention[index], inside)
+    return _pair_loss(step, _boxes(step), outside_l1_loss)
 
 
 def _point(step: Step, sigma: float = 0.05) -> Tensor:
     size = tuple(step.images.shape[-2:])
     found = _pair_targets(step, "points", lambda a, c, s: a.point_targets(
         c, s, max(sigma * min(s), 0.5), size))
-    if found is None:
-        return _zero(step)
-    heat, index = found
-    return point_loss(step.attention[index], heat)
+    return _pair_loss(step, found, point_loss)
 
 
 def _avoid_regions(step: Step) -> tuple[Tensor, Tensor] | None:

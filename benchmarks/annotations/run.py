@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenes"))  # the lead's machinery
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results_page.py
 
-from run import pseudo_metrics, test_metrics, train_command, write_json  # noqa: E402
+from run import pseudo_metrics, summarise, test_metrics, train_command, write_json  # noqa: E402
 
 from attnguide.tasks.demo import CLASSIFIER as DEMO_CLASSIFIER  # noqa: E402
 from attnguide.tasks.demo import SCENES as DEMO_SCENES  # noqa: E402
@@ -50,6 +50,8 @@ SECTION = "Boxes, clicks or masks on the scenes"
 REAL_SECTION = "Boxes, clicks or masks on real pictures"
 TEN = {"pixel_labels": "10%", "labelled_share": 0.5}
 ALL = {"pixel_labels": "100%"}
+BOXES = {"guidance": "self+energy", "annotations": "boxes", **ALL}
+BOX_SWAP = {**BOXES, "guidance": "self+energy+box_swap"}
 ROWS = {
     "unguided": ("unguided (CAM baseline)", {"guidance": "none"}),
     "unguided_steps": ("unguided, the masks10 row's steps (equal compute)",
@@ -60,24 +62,18 @@ ROWS = {
                {"guidance": "auto", "annotations": "masks", **TEN}),
     "masks100": ("masks, 100 % (GAIN_ext)", {"guidance": "ext", "annotations": "masks", **ALL}),
     "boxes10": ("boxes, 10 % (self+energy)", {"guidance": "self+energy", "annotations": "boxes", **TEN}),
-    "boxes100": ("boxes, 100 % (self+energy)", {"guidance": "self+energy", "annotations": "boxes", **ALL}),
-    "boxes100swap": ("boxes, 100 %, + the box swap (self+energy+box_swap)",
-                     {"guidance": "self+energy+box_swap", "annotations": "boxes", **ALL}),
+    "boxes100": ("boxes, 100 % (self+energy)", BOXES),
+    "boxes100swap": ("boxes, 100 %, + the box swap (self+energy+box_swap)", BOX_SWAP),
     "boxes100swap_steps": ("boxes, 100 %, + the box swap, the auto10 row's steps",
-                           {"guidance": "self+energy+box_swap", "annotations": "boxes", **ALL,
-                            "steps_of": "auto10"}),
+                           {**BOX_SWAP, "steps_of": "auto10"}),
     "boxes100_unbiased": ("boxes, 100 % (self+energy), trained without the shortcut",
-                          {"guidance": "self+energy", "annotations": "boxes", **ALL,
-                           "train_split": "train_unbiased"}),
+                          {**BOXES, "train_split": "train_unbiased"}),
     "boxes100swap_unbiased": ("boxes, 100 %, + the box swap, trained without the shortcut",
-                              {"guidance": "self+energy+box_swap", "annotations": "boxes", **ALL,
-                               "train_split": "train_unbiased"}),
+                              {**BOX_SWAP, "train_split": "train_unbiased"}),
     "boxes100attswap": ("boxes, 100 %, + the box swap cut by attention inside the boxes",
-                        {"guidance": "self+energy+box_swap", "annotations": "boxes", **ALL,
-                         "swap_source": "attention"}),
+                        {**BOX_SWAP, "swap_source": "attention"}),
     "boxes100attswap_steps": ("boxes, 100 %, + the box swap cut by attention, the auto10 row's steps",
-                              {"guidance": "self+energy+box_swap", "annotations": "boxes", **ALL,
-                               "swap_source": "attention", "steps_of": "auto10"}),
+                              {**BOX_SWAP, "swap_source": "attention", "steps_of": "auto10"}),
     "points10": ("clicks, 10 % (self+point)", {"guidance": "self+point", "annotations": "points", **TEN}),
     "points100": ("clicks, 100 % (self+point)", {"guidance": "self+point", "annotations": "points", **ALL}),
 }
@@ -144,14 +140,6 @@ def _trained(run: Path, epochs: int) -> bool:
 def train_cost(run: Path) -> dict:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     return {"steps": lines[-1]["step"], "epochs": lines[-1]["epoch"]}
-
-
-def summarise(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout importable, warnings off, one
+    thread (the kill tests' processes run beside the other tests)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONWARNINGS"] = "ignore"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from hardening_helpers import subprocess_env
 
 # The CLI, with the third label-PNG write stalled after half its bytes (killed there); the
 # first argument is a file it creates once those bytes are on disk.
@@ -44,14 +44,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONWARNINGS"] = "ignore"
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and p.suffix != ".json"}
@@ -63,7 +55,7 @@ def _temporaries(folder: Path) -> list[Path]:
 
 def _kill_inside_a_write(args: list[str], out: Path) -> None:
     marker = out.parent / f"{out.name}.stalled"
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_CLI, str(marker), *args], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_CLI, str(marker), *args], env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     try:

@@ -13,16 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONWARNINGS"] = "ignore"
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+from hardening_helpers import subprocess_env
 
 
 def _cli(*args) -> list[str]:
@@ -38,12 +29,12 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     args = ["segment", "--data", scenes, "--labels", "gt", "--arch", "linknet", "--encoder",
             "tu-test_resnet", "--crop-size", 32, "--batch-size", 2, "--epochs", 4,
             "--val-split", "", "--checkpoint-every", 2, "--seed", 3, "--device", "cpu", "--quiet"]
-    ref = subprocess.run(_cli(*args, "--out", tmp_path / "ref"), env=_env(), capture_output=True,
+    ref = subprocess.run(_cli(*args, "--out", tmp_path / "ref"), env=subprocess_env(), capture_output=True,
                          text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*args, "--out", killed), env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli(*args, "--out", killed), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     at = None
     deadline = time.monotonic() + 240
@@ -68,7 +59,7 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     left = {p.name for p in killed.iterdir()} - {"last.pt", "metrics.jsonl", "segment.yaml"}
     assert all(name.startswith(".last.pt.") and name.endswith(".tmp") for name in left), left
 
-    resumed = subprocess.run(_cli("segment", "--resume", killed, "--quiet"), env=_env(),
+    resumed = subprocess.run(_cli("segment", "--resume", killed, "--quiet"), env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # the resume removed them

@@ -28,7 +28,7 @@ built Waterbirds (segmented birds on Places backgrounds, 95 % correlated in trai
   the image is the alpha blend. ``groups.csv`` (``image,class,bias``) has one row per
   (image, visible object class), the bias attribute being the image's pool.
 - The CSVs' ``boxes`` and ``points`` are each class's tight box and one click on it, from
-  the exact masks (as the scenes': `attnguide.data.scenes.mask_boxes` / ``mask_points``),
+  the exact masks (as the scenes': `attnguide.data.scenes.mask_annotation_cells`),
   for ``attnguide train --annotations boxes`` / ``points``.
 
 Same inputs, parameters and seed give byte-identical files.
@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from attnguide.data.io import reuse_generated, write_folder
-from attnguide.data.scenes import mask_boxes, mask_points
+from attnguide.data.scenes import mask_annotation_cells
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
 
@@ -409,9 +409,7 @@ def _write(folder: Path, params: dict, pools: _Pools) -> None:
                 Image.fromarray(image).save(folder / "images" / stem, compress_level=1)
                 save_label_png(folder / "masks" / stem, mask)
                 labels = " ".join(pools.classes[c] for c in visible) or "-"
-                names = pools.classes
-                boxes = ";".join(f"{names[c]}:{x0},{y0},{x1},{y1}" for c, x0, y0, x1, y1 in mask_boxes(mask))
-                points = ";".join(f"{names[c]}:{x},{y}" for c, x, y in mask_points(mask))
+                boxes, points = mask_annotation_cells(mask, pools.classes)
                 writer.writerow((f"images/{stem}", labels, f"masks/{stem}", pools.pools[pool],
                                  " ".join(used), boxes, points))
                 group_rows.extend((f"images/{stem}", pools.classes[c], pools.pools[pool])

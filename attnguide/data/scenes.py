@@ -220,8 +220,7 @@ def _write_split(folder: Path, split: str, count: int, params: dict, names: list
             save_label_png(folder / "masks" / stem, mask)
             labels = " ".join(names[c] for c in sorted(classes))
             cue_name = "" if cue is None else names[cue]
-            boxes = ";".join(f"{names[c]}:{x0},{y0},{x1},{y1}" for c, x0, y0, x1, y1 in mask_boxes(mask))
-            points = ";".join(f"{names[c]}:{x},{y}" for c, x, y in mask_points(mask))
+            boxes, points = mask_annotation_cells(mask, names)
             writer.writerow(
                 (f"images/{stem}", labels, f"masks/{stem}", TEXTURES[texture], cue_name, boxes,
                  points)
@@ -250,6 +249,14 @@ def mask_points(mask: np.ndarray) -> list[tuple[int, int, int]]:
             k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
             out.append((int(value) - 1, int(xs[k]), int(ys[k])))
     return out
+
+
+def mask_annotation_cells(mask: np.ndarray, names: list[str]) -> tuple[str, str]:
+    """The CSV ``boxes`` and ``points`` cells of a label map: `mask_boxes` and `mask_points`
+    in the folder data set's syntax (``name:x0,y0,x1,y1;...`` and ``name:x,y;...``)."""
+    boxes = ";".join(f"{names[c]}:{x0},{y0},{x1},{y1}" for c, x0, y0, x1, y1 in mask_boxes(mask))
+    points = ";".join(f"{names[c]}:{x},{y}" for c, x, y in mask_points(mask))
+    return boxes, points
 
 
 def _readme(params: dict, names: list[str]) -> str:

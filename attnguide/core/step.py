@@ -174,8 +174,7 @@ class Step:
                     0, self.pairs[:, :1].expand_as(soft), soft, "amax").view_as(objects)
                 taking_part[self.pairs[:, 0]] = True
             if boxes and self.annotations is not None and "boxes" in self.annotations.kinds():
-                size = tuple(images.shape[-2:])
-                inside, has = self.annotations.box_targets(self.logits.shape[1], size)
+                inside, has = self.box_targets(tuple(images.shape[-2:]))
                 boxed = has.any(1).to(images.device)
                 cut = inside.any(1, keepdim=True).to(images)
                 if attention:  # inside the boxes, only what the attention's erasing mask covers
@@ -200,6 +199,16 @@ class Step:
                 background = objects[partner] * own + (1 - objects[partner]) * other
                 swapped = objects * own + (1 - objects) * background
                 self._cache[key] = (index, self.guide.extra_logits(swapped))
+        return self._cache[key]
+
+    def box_targets(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """``(inside (B, C, H, W) bool, has (B, C) bool)`` of the batch's boxes rasterised at
+        ``size`` (coordinates scaled from the images' size), computed once per step and size
+        (the box terms and the box swap read the same rasters)."""
+        key = ("boxes", tuple(size))
+        if key not in self._cache:
+            self._cache[key] = self.annotations.box_targets(
+                self.logits.shape[1], tuple(size), tuple(self.images.shape[-2:]))
         return self._cache[key]
 
     def pair_masks(self) -> Tensor:

@@ -295,7 +295,7 @@ def _pair_targets(step: Step, kind: str, build) -> tuple[Tensor, Tensor] | None:
 
 
 def _boxes(step: Step) -> tuple[Tensor, Tensor] | None:
-    return _pair_targets(step, "boxes", lambda a, c, size: a.box_targets(c, size, tuple(step.images.shape[-2:])))
+    return _pair_targets(step, "boxes", lambda a, c, size: step.box_targets(size))
 
 
 def _pair_loss(step: Step, found: tuple[Tensor, Tensor] | None, loss) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -85,9 +86,14 @@ def _wandb_history(folder: Path, path: Path | None = None) -> tuple[dict[str, di
         (path,) = folder.glob("wandb/offline-run-*/run-*.wandb")
     history: dict[str, dict[int, float]] = {}
     config: dict = {}
-    for data in _wandb_records(path):
-        record = pb.Record()
-        record.ParseFromString(data)
+    records = []
+    deadline = time.monotonic() + 60  # W&B's writer process may still be flushing the file:
+    while True:  # read it once it holds the run's exit record (written last, at finish)
+        records = [pb.Record.FromString(data) for data in _wandb_records(path)]
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)

@@ -436,7 +436,7 @@ Parameters and input files: `{PARAMS_FILE}`.
 - Classes (`classes.txt`, mask value = line number): {", ".join(pools.classes)}.
 - Background pools (bias attribute): {", ".join(pools.pools)}; class -> pool: {pairs}.
 - Train (bias = {b}): with probability {b} the background comes from the pool of the image's
-  class (one of its classes), else from a uniform pool: P(own pool | class) = {b} + {1 - b}/{p}.
+  class (one of its classes), else from a uniform pool: P(own pool | class) = {b} + {1 - b:g}/{p} = {b + (1 - b) / p:g}.
 - val, test, train_unbiased: pool uniform, independent of the labels.
 - Object files: {n_obj["train"]} for train and train_unbiased, {n_obj["held_out"]} other ones
   for val and test.{shared}

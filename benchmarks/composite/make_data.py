@@ -2,7 +2,14 @@
 
 Objects: glyphs of the Noto Color Emoji font (Debian ``fonts-noto-color-emoji``), drawn
 with their colour bitmaps at the font's bitmap size 109 into RGBA (alpha = mask), several
-glyphs per class (so that train and test use different glyphs). Backgrounds: photographs
+glyphs per class (so that train and test use different glyphs). Two glyph sets:
+
+- ``--glyphs tones`` (10 classes: a hand, a face or a figure in its six skin tones): a
+  class's glyphs share one shape, so held-out glyphs are new pictures of a shape the model
+  has seen, and a model trained without the shortcut learns the task at CPU scale.
+- ``--glyphs categories`` (the default; 10 classes such as bird, fish, fruit of 5-12
+  different glyphs each): held-out glyphs are new kinds of the class, which a model from
+  scratch on a few hundred 64 px images does not generalise to (it stays near chance). Backgrounds: photographs
 (not the abstract art) of Debian's ``plasma-workspace-wallpapers`` and ``mate-backgrounds``,
 grouped into pools of similar scenes, one pool per class. Then ``attnguide data composite``
 builds the data set.
@@ -16,6 +23,7 @@ Without ``--install`` missing packages stop the script with the command that ins
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -25,8 +33,8 @@ FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 BITMAP_SIZE = 109  # the only size of the font's colour bitmaps (CBDT)
 PACKAGES = ("fonts-noto-color-emoji", "plasma-workspace-wallpapers", "mate-backgrounds")
 
-# class -> glyphs (single code points: no joiner sequences, which need a shaping library)
-CLASSES = {
+# class -> glyphs (single code points: no joiner sequences)
+CATEGORIES = {
     "bird": "🐦🐤🐥🦅🦆🦉🐧🦜🦢🦩🐓🦃",
     "fish": "🐟🐠🐡🦈🐬🐳🐋",
     "dog": "🐕🐶🐩🦮🐺",
@@ -37,6 +45,15 @@ CLASSES = {
     "tree": "🌲🌳🌴🎄🌵🎋",
     "insect": "🐝🐞🦋🐛🐜🦗",
     "ball": "⚽🏀🏈⚾🎾🏐🏉🎱",
+}
+# class -> one emoji that takes the Fitzpatrick modifiers; its glyphs are the emoji alone
+# (yellow) and followed by each of the five modifiers (drawn with the Raqm layout engine)
+TONE_BASES = {"thumbs_up": "👍", "wave": "👋", "victory": "✌", "biceps": "💪", "ear": "👂",
+              "nose": "👃", "baby": "👶", "santa": "🎅", "runner": "🏃", "cyclist": "🚴"}
+SKIN_TONES = ("", "\U0001F3FB", "\U0001F3FC", "\U0001F3FD", "\U0001F3FE", "\U0001F3FF")
+GLYPH_SETS = {
+    "categories": {name: list(glyphs) for name, glyphs in CATEGORIES.items()},
+    "tones": {name: [base + tone for tone in SKIN_TONES] for name, base in TONE_BASES.items()},
 }
 
 PLASMA = "/usr/share/wallpapers/{}/contents/images/800x600.jpg"
@@ -73,13 +90,19 @@ def locate(install: bool) -> None:
         raise SystemExit(f"still missing after installing {PACKAGES}: {still[:3]}")
 
 
-def render_emoji(out: Path) -> Path:
-    """One RGBA PNG per glyph, cropped to its alpha, in OUT/<class>/u<codepoint>.png."""
+def render_emoji(out: Path, glyph_set: str = "categories") -> Path:
+    """One RGBA PNG per glyph, cropped to its alpha, in OUT/<class>/u<codepoint>[_<modifier>].png."""
     import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont, features
 
-    font = ImageFont.truetype(str(FONT), BITMAP_SIZE)
-    for name, glyphs in CLASSES.items():
+    classes = GLYPH_SETS[glyph_set]
+    sequences = any(len(glyph) > 1 for glyphs in classes.values() for glyph in glyphs)
+    if sequences and not features.check("raqm"):
+        raise SystemExit(f"--glyphs {glyph_set} needs Pillow with the Raqm layout engine (libraqm) to draw "
+                         "skin-tone sequences as one glyph; install libraqm0 or use --glyphs categories")
+    layout = ImageFont.Layout.RAQM if sequences else ImageFont.Layout.BASIC
+    font = ImageFont.truetype(str(FONT), BITMAP_SIZE, layout_engine=layout)
+    for name, glyphs in classes.items():
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         for glyph in glyphs:
@@ -90,8 +113,11 @@ def render_emoji(out: Path) -> Path:
             if not (alpha >= 128).any():
                 raise SystemExit(f"glyph {glyph!r} ({name}) rendered empty: is {FONT} the colour font?")
             box = canvas.getbbox()
+            if box[2] - box[0] > 1.5 * BITMAP_SIZE:
+                raise SystemExit(f"glyph {glyph!r} ({name}) drew as more than one glyph: the layout engine "
+                                 "did not join the sequence")
             canvas.crop((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1)).save(
-                folder / f"u{ord(glyph[0]):05x}.png")
+                folder / ("u" + "_".join(f"{ord(c):05x}" for c in glyph) + ".png"))
     return out
 
 
@@ -113,6 +139,9 @@ def main(argv=None) -> Path:
     p.add_argument("--out", type=Path, default=Path("runs/composite/data"))
     p.add_argument("--inputs", type=Path, default=None, help="where the cut-outs and pools go (default OUT.inputs)")
     p.add_argument("--install", action="store_true", help="apt-get install the packages that lack")
+    p.add_argument("--glyphs", choices=sorted(GLYPH_SETS), default="categories",
+                   help="the object classes: 'tones' (one shape per class in six skin tones; learnable at CPU "
+                        "scale) or 'categories' (different glyphs per class; the default)")
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-val", type=int, default=200)
     p.add_argument("--n-test", type=int, default=500)
@@ -125,7 +154,12 @@ def main(argv=None) -> Path:
     inputs = args.inputs or args.out.with_name(args.out.name + ".inputs")
     if args.overwrite:
         shutil.rmtree(inputs, ignore_errors=True)
-    objects = render_emoji(inputs / "objects")
+    if args.overwrite or not (inputs / "objects").is_dir():
+        shutil.rmtree(inputs / "objects", ignore_errors=True)
+    elif sorted(p.name for p in (inputs / "objects").iterdir()) != sorted(GLYPH_SETS[args.glyphs]):
+        raise SystemExit(f"{inputs / 'objects'} holds another glyph set than --glyphs {args.glyphs}; "
+                         "pass --overwrite or another --inputs")
+    objects = render_emoji(inputs / "objects", args.glyphs)
     backgrounds = link_backgrounds(inputs / "backgrounds")
     cmd = [sys.executable, "-m", "attnguide", "data", "composite", str(args.out), "--objects", str(objects),
            "--backgrounds", str(backgrounds), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
@@ -133,6 +167,10 @@ def main(argv=None) -> Path:
            "--seed", str(args.seed)] + ["--overwrite"] * args.overwrite
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+    # what made the folder, for run.py's tables (composite.json has the builder's own parameters)
+    made = {"glyphs": args.glyphs, **{k: getattr(args, k) for k in ("n_train", "n_val", "n_test", "image_size",
+                                                                      "bias", "seed")}}
+    (args.out / "make_data.json").write_text(json.dumps(made, indent=1) + "\n")
     return args.out
 
 

@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -58,6 +59,14 @@ ROWS = {
                {"guidance": "none", "train_split": "train_unbiased"}),
     "oracle_auto10": ("the defaults, 10 %, on train_unbiased (no shortcut)",
                       {"guidance": "auto", "pixel_labels": "10%", "train_split": "train_unbiased"}),
+    # candidates beside the defaults (ext+swap, half of every batch pixel-labelled)
+    "swap10half": ("background swap alone, 10 %, half of every batch pixel-labelled",
+                   {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5}),
+    "extswapatt10half": ("GAIN_ext + background swap, unlabelled objects cut by attention, 10 %, half of "
+                         "every batch pixel-labelled",
+                         {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention",
+                          "labelled_share": 0.5}),
+    "auto10_swap4": ("the defaults, 10 %, swap weight 4", {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 4}),
 }
 COLUMNS = [("test_accuracy", "accuracy"), ("test_worst_group_accuracy", "worst group"),
            ("test_mean_group_accuracy", "mean group"), ("test_cam_miou", "CAM mIoU")]
@@ -197,7 +206,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     common = {**COMMON, **scenes.parse_sets(args.set)}
     order = sorted(args.rows, key=lambda r: "steps_of" in ROWS[r][1])  # a step-taking row after its source
-    t_start = time.time()
+    t_start, load = time.time(), os.getloadavg()[0]
     found: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for row in order:
@@ -229,21 +238,27 @@ def main(argv=None) -> None:
         cmd = "python benchmarks/composite/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
         params = json.loads((args.data / "composite.json").read_text())
         scale = {k: params[k] for k in ("n_train", "n_val", "n_test", "image_size", "bias", "seed")}
+        made = args.data / "make_data.json"  # written by make_data.py (absent: a user's own folder)
+        glyphs = json.loads(made.read_text())["glyphs"] if made.exists() else None
+        source = (f"`benchmarks/composite/make_data.py --glyphs {glyphs}`" if glyphs
+                  else f"`attnguide data composite` folder `{args.data}`")
+        classes = len((args.data / "classes.txt").read_text().split())
+        pools = len(params["inputs"]["backgrounds"]["train"])
         settings = ", ".join(f"{k}={v}" for k, v in common.items())
         text = (f"### Composite: emoji on wallpaper photos, equal steps — {dt.date.today()} — "
                 f"{platform.node() if args.device == 'cpu' else args.device}\n\n`{cmd}`\n\n"
-                f"Data: `benchmarks/composite/make_data.py` ({scale}); 10 classes, 10 pools, chance "
-                f"0.10. Settings: {settings}; seeds {args.seeds}; unbiased test split; last checkpoint; "
-                f"groups = (class, background pool), 100 groups. Gap columns: share of the gap "
+                f"Data: {source} ({scale}); {classes} classes, {pools} pools, chance "
+                f"{1 / classes:.2f}. Settings: {settings}; seeds {args.seeds}; unbiased test split; last checkpoint; "
+                f"groups = (class, background pool), {classes * pools} groups. Gap columns: share of the gap "
                 f"between `{GAP_REFERENCE[0]}` and `{GAP_REFERENCE[1]}` that a row closes. "
                 f"'+ last layer on counterfactuals': the run's head refitted (backbone frozen) on its "
                 f"pixel-labelled images and 8 background swaps of each (no backbone steps; its "
-                f"seconds are added). Machine shared with other jobs: wall times are inflated; "
-                f"{time.time() - t_start:.0f} s for this call.\n\n{table}\n" + (f"\n{args.note}\n" if args.note else ""))
+                f"seconds are added). Load average {load:.1f} at the start of this call (2 cores: above 2 "
+                f"the wall times are inflated by other jobs); {time.time() - t_start:.0f} s for this call.\n\n{table}\n" + (f"\n{args.note}\n" if args.note else ""))
         sys.path.insert(0, str(HERE.parent))
         from results_page import record
 
-        record("composite/run.py: " + " ".join(args.rows) + "".join(f" --set {s}" for s in sorted(args.set)),
+        record(f"composite/run.py --glyphs {glyphs or args.data}: " + " ".join(args.rows) + "".join(f" --set {s}" for s in sorted(args.set)),
                text, section="Composite: shortcut removal on real pictures", history="composite.md",
                results=RESULTS)
 

@@ -154,7 +154,8 @@ class Step:
     def swapped_logits(self, attention: bool = False, boxes: bool = False) -> tuple[Tensor, Tensor]:
         """``(index, logits)``: images and the (N, C) logits of their objects pasted on
         the background of another image of the batch (drawn at random, never itself),
-        whose own objects are painted over with the first image's background.
+        whose own objects are painted over with its own background from elsewhere in its
+        picture (`background_fill`).
 
         Objects come from the pixel mask (images with a labelled pixel); with
         ``attention`` every other image with a positive class takes part too, its
@@ -194,9 +195,10 @@ class Step:
                 partner = (torch.arange(n, device=index.device)
                            + torch.randint(1, n, (n,), device=index.device)) % n
                 own, objects = images[index], objects[index]
-                other = own[partner].detach()
-                # the partner's background: its pixels, with its objects painted by our own
-                background = objects[partner] * own + (1 - objects[partner]) * other
+                # the partner's background: its objects painted over with its own background
+                # from elsewhere in its picture (painting them with ours would leave their
+                # silhouettes, the shape of the partner's class, in our image)
+                background = background_fill(own[partner].detach(), objects[partner])
                 swapped = objects * own + (1 - objects) * background
                 self._cache[key] = (index, self.guide.extra_logits(swapped))
         return self._cache[key]
@@ -214,6 +216,23 @@ class Step:
     def pair_masks(self) -> Tensor:
         """(P, H, W) the pixel mask of each pair's image."""
         return self.masks[self.pairs[:, 0]]
+
+
+def background_fill(images: Tensor, objects: Tensor) -> Tensor:
+    """``images`` (N, 3, H, W) with their ``objects`` (N, 1, H, W, in [0, 1]) painted over
+    by the same picture's background from elsewhere: the picture shifted by half its
+    height and width, else by half its height, else by half its width, wherever the
+    shifted copy shows background; a pixel every shift covers with an object takes the
+    image's mean background colour. The counterfactual background of the swap terms.
+    """
+    h, w = images.shape[-2:]
+    share = (1 - objects).sum((-2, -1), keepdim=True)
+    mean = ((1 - objects) * images).sum((-2, -1), keepdim=True) / share.clamp_min(1e-6)
+    fill = mean.expand_as(images)
+    for shift in ((0, w // 2), (h // 2, 0), (h // 2, w // 2)):  # the last one applied wins
+        covered = objects.roll(shift, (-2, -1))
+        fill = covered * fill + (1 - covered) * images.roll(shift, (-2, -1))
+    return objects * fill + (1 - objects) * images
 
 
 def labelled(masks: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            attention map: it removes shortcuts that Grad-CAM does not show.
 ``swap``   background swap: each labelled image's objects pasted onto the
            background of another labelled image of the batch (whose own objects
-           are painted over with the first image's background) must still be
+           are painted over with that picture's own background from elsewhere in
+           it, so no silhouette of them is left) must still be
            classified as the first image, and the clean image must agree with that
            prediction. A shortcut in the background (a texture, a corner mark) now
            names the *wrong* class, so it cannot be used (images with a mask only,
@@ -35,9 +36,9 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            attention with ``ext``) reach the unlabelled images.
 ``box_swap`` the background swap for boxes: each image with boxes has everything inside
            its boxes (object and the background the box holds) pasted onto another
-           boxed image's background; masks, where an image has one, cut as in
-           ``swap`` (images with boxes or masks, two or more per batch; one more
-           forward, no CAM). The cut-and-paste of box-supervised segmentation
+           boxed image's background (its boxes painted over as in ``swap``); masks,
+           where an image has one, cut as in ``swap`` (images with boxes or masks,
+           two or more per batch; one more forward, no CAM). The cut-and-paste of box-supervised segmentation
            (Dwibedi et al. 2017, "Cut, Paste and Learn") as a consistency loss.
 ``box_swap_attention`` the same, cutting inside each box only what the image's own
            attention covers (its erasing mask T(A), detached), so that less of the

@@ -66,6 +66,9 @@ ROWS = {
                          "every batch pixel-labelled",
                          {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention",
                           "labelled_share": 0.5}),
+    "swap10half_unbiased": ("background swap alone, 10 %, half of every batch pixel-labelled, on train_unbiased "
+                            "(no shortcut)", {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5,
+                                              "train_split": "train_unbiased"}),
     "auto10_swap4": ("the defaults, 10 %, swap weight 4", {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 4}),
 }
 COLUMNS = [("test_accuracy", "accuracy"), ("test_worst_group_accuracy", "worst group"),
@@ -83,13 +86,14 @@ def counterfactual_head(run: Path, data: Path, out: Path, *, partners: int = 8, 
     pixel-labelled training images; write OUT/last.pt (same format) and return the cost.
 
     Each labelled image i is pasted (its mask's pixels) on the backgrounds of ``partners``
-    other labelled images j (j's own object painted over with i's pixels, as the swap term
-    does); the head is fitted from scratch on the pooled features of the originals and the
+    other labelled images j (j's own object painted over with j's background from elsewhere
+    in its picture, as the swap term does); the head is fitted from scratch on the pooled features of the originals and the
     counterfactuals (full batch, AdamW, ``head_steps`` steps, cross-entropy).
     """
     import torch
     import torch.nn.functional as F
 
+    from attnguide.core.step import background_fill
     from attnguide.data import open_dataset
     from attnguide.io.checkpoints import read_checkpoint
 
@@ -115,8 +119,7 @@ def counterfactual_head(run: Path, data: Path, out: Path, *, partners: int = 8, 
     n = len(index)
     for _ in range(partners):
         partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=g)) % n
-        other = images[partner]
-        background = objects[partner] * images + (1 - objects[partner]) * other
+        background = background_fill(images[partner], objects[partner])
         views.append(objects * images + (1 - objects) * background)
         targets.append(labels)
     x, y = torch.cat(views), torch.cat(targets)

@@ -129,10 +129,21 @@ def test_bg_shows_only_the_objects():
     assert out.losses["bg"] > 0 and torch.allclose(out.loss, out.losses["cls"] + out.losses["bg"])
 
 
-def _swap_of(images, masks, i, j):
-    """Image i's objects on image j's background, j's objects painted with i's background."""
-    obj_i, obj_j = masks[i] != 0, masks[j] != 0
-    return torch.where(obj_i | obj_j, images[i], images[j])
+def test_background_fill_paints_objects_with_the_pictures_own_background():
+    from attnguide.core.step import background_fill
+
+    images = torch.randn(2, 3, 8, 8)
+    objects = torch.zeros(2, 1, 8, 8)
+    objects[0, :, 0:2, 0:3] = 1  # a corner object: the picture shifted by (4, 4) shows background there
+    objects[1] = 1
+    objects[1, :, 0, 0:2] = 0  # everything is object but two pixels
+    filled = background_fill(images, objects)
+    shifted = images[0].roll((4, 4), (-2, -1))
+    assert torch.equal(filled[0], torch.where(objects[0].bool(), shifted, images[0]))
+    assert torch.equal(filled[1, :, 0, 0:2], images[1, :, 0, 0:2])  # background kept
+    assert torch.equal(filled[1, :, 4, 4], images[1, :, 0, 0])  # the (4, 4) shift reaches a background pixel
+    assert torch.equal(filled[1, :, 4, 1], images[1, :, 0, 1])  # then the (4, 0) shift
+    assert torch.allclose(filled[1, :, 2, 6], images[1, :, 0, 0:2].mean(1))  # no shift does: the mean
 
 
 def test_swap_pastes_objects_on_another_background_and_paints_over_its_objects():
@@ -142,9 +153,13 @@ def test_swap_pastes_objects_on_another_background_and_paints_over_its_objects()
     out = guide(images, labels, masks)
     swapped = model.seen[1]  # the clean batch, then the two labelled images swapped
     obj0, obj1 = masks[0] != 0, masks[1] != 0
-    # image 0 on image 1's background; where image 1's object was, image 0's own background
-    assert torch.equal(swapped[0], torch.where(obj0 | obj1, images[0], images[1]))
-    assert torch.equal(swapped[1], torch.where(obj0 | obj1, images[1], images[0]))
+    # image 0 on image 1's background; where image 1's object was, image 1's own background
+    # from half the picture away (no silhouette of image 1's object, no pixel of image 0)
+    half = (8, 8)
+    assert torch.equal(swapped[0], torch.where(obj0, images[0], torch.where(obj1, images[1].roll(half, (-2, -1)),
+                                                                              images[1])))
+    assert torch.equal(swapped[1], torch.where(obj1, images[1], torch.where(obj0, images[0].roll(half, (-2, -1)),
+                                                                              images[0])))
     assert out.losses["swap"] > 0 and torch.allclose(out.loss, out.losses["cls"] + out.losses["swap"])
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -165,8 +180,11 @@ def test_box_swap_pastes_everything_inside_the_boxes():
     box0, box1 = inside[0].any(0), inside[1].any(0)
     assert box0[3:9, 2:8].all() and box0.sum() == 36 and box1.sum() == 30 + 12
     assert swapped.shape[0] == 2
-    assert torch.equal(swapped[0], torch.where(box0 | box1, images[0], images[1]))
-    assert torch.equal(swapped[1], torch.where(box0 | box1, images[1], images[0]))
+    from attnguide.core.step import background_fill
+
+    cut = torch.stack([box0, box1]).unsqueeze(1).float()
+    background = background_fill(images[[1, 0]], cut[[1, 0]])  # each boxed image's partner, boxes painted over
+    assert torch.equal(swapped, torch.where(cut.bool(), images[:2], background))
     assert out.losses["box_swap"] > 0
     assert torch.allclose(out.loss, out.losses["cls"] + out.losses["box_swap"])
     kwargs = guide_kwargs(TrainConfig(data="x", guidance="self+energy+box_swap", swap_weight=2).to_dict())
@@ -177,6 +195,7 @@ def test_box_swap_pastes_everything_inside_the_boxes():
 
 def test_box_swap_attention_cuts_only_the_attended_part_of_each_box():
     from attnguide.core.annotations import Annotations
+    from attnguide.core.step import background_fill
 
     images, labels, _ = _batch(n=2)
     ann = Annotations([{"boxes": [(0, 2, 3, 10, 11)]}, {"boxes": [(1, 6, 0, 16, 8)]}])
@@ -187,7 +206,7 @@ def test_box_swap_attention_cuts_only_the_attended_part_of_each_box():
     soft = guide.mask(out.attention).detach()  # (2, 16, 16): one positive class per image
     cut = (inside.any(1).float() * soft).unsqueeze(1)  # attention inside the box only
     partner = torch.tensor([1, 0])  # two images: each takes the other
-    background = cut[partner] * images + (1 - cut[partner]) * images[partner]
+    background = background_fill(images[partner], cut[partner])
     assert torch.allclose(model.seen[1], cut * images + (1 - cut) * background, atol=1e-6)
     assert 0 < float(cut.sum()) < float(inside.any(1).sum())  # less than the whole boxes
     assert out.losses["box_swap_attention"] > 0
@@ -215,6 +234,8 @@ def test_swap_never_draws_the_image_itself():
 
 
 def test_swap_attention_cuts_unlabelled_images_by_their_attention():
+    from attnguide.core.step import background_fill
+
     images, labels, masks = _two_labelled()  # images 0 and 1 labelled, image 2 not
     model = _Recording()
     guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"swap_attention": 1.0})
@@ -224,7 +245,7 @@ def test_swap_attention_cuts_unlabelled_images_by_their_attention():
     partner = (torch.arange(3) + torch.randint(1, 3, (3,))) % 3  # the draw the step makes
     objects = torch.stack([(masks[0] != 0).float(), (masks[1] != 0).float(),
                            guide.mask(out.attention[2:3])[0].detach()]).unsqueeze(1)
-    background = objects[partner] * images + (1 - objects[partner]) * images[partner]
+    background = background_fill(images[partner], objects[partner])
     want = objects * images + (1 - objects) * background
     assert torch.allclose(model.seen[1], want, atol=1e-6)
     assert out.losses["swap_attention"] > 0

@@ -14,7 +14,7 @@ from attnguide.core.masks import MASKS
 from attnguide.core.terms import TERMS
 from attnguide.errors import AttnGuideError
 
-GUIDANCE_PARTS = ("self", "ext", "rrr", "bg", "swap", "energy", "box_l1", "box_swap", "point", "avoid")
+GUIDANCE_PARTS = ("self", "ext", "rrr", "bg", "swap", "bg_null", "energy", "box_l1", "box_swap", "point", "avoid")
 """``--guidance`` is ``none``, ``auto`` or a '+'-joined set of these (``ext+rrr``,
 ``self+energy``); ``am`` is another name for ``self``."""
 ALIASES = {"am": "self"}
@@ -30,10 +30,10 @@ AUTO_PARTS = {"boxes": "energy+box_swap", "points": "point", "avoid": "avoid"}
 """The guidance word that ``--guidance auto`` adds for each annotation kind it finds."""
 SWAP_SOURCES = ("auto", "masks", "attention")
 AVOID_SOURCES = ("attention", "input_grad")
-MASK_PARTS = frozenset({"ext", "rrr", "bg", "swap"})
+MASK_PARTS = frozenset({"ext", "rrr", "bg", "swap", "bg_null"})
 """Guidance words that read pixel masks (masks or scribbles)."""
 PART_KINDS = {"ext": ("mask", "scribble"), "rrr": ("mask", "scribble"),
-              "bg": ("mask", "scribble"), "swap": ("mask", "scribble"),
+              "bg": ("mask", "scribble"), "swap": ("mask", "scribble"), "bg_null": ("mask", "scribble"),
               "energy": ("boxes",), "box_l1": ("boxes",), "box_swap": ("boxes",), "point": ("points",),
               "avoid": ("avoid",)}
 """The annotation kinds (`attnguide.core.annotations.KINDS`) each guidance word uses."""
@@ -82,7 +82,7 @@ def guidance_parts(guidance: str) -> frozenset[str]:
 
 
 def needs_masks(guidance: str) -> bool:
-    """Whether a guidance uses pixel masks (ext, rrr, bg, swap)."""
+    """Whether a guidance uses pixel masks (`MASK_PARTS`: ext, rrr, bg, swap, bg_null)."""
     return bool(guidance_parts(guidance) & MASK_PARTS)
 
 
@@ -144,6 +144,8 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
         kwargs["omega"], terms["ext_all"] = 0.0, omega
     if "bg" in parts:
         terms["bg"] = config.get("bg_weight", 1.0)
+    if "bg_null" in parts:
+        terms["bg_null"] = config.get("bg_null_weight", 1.0)
     if "swap" in parts:
         source = resolve_swap_source(config.get("swap_source", "masks"))
         name = "swap_attention" if source == "attention" else "swap"

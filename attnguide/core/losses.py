@@ -5,6 +5,8 @@ Shapes: B images, C classes, P (image, class) pairs, H x W input size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -94,6 +96,23 @@ def background_invariance_loss(clean_logits: Tensor, object_logits: Tensor,
         target = F.log_softmax(obj, dim=1).detach()
         agree = F.kl_div(F.log_softmax(clean, dim=1), target, log_target=True, reduction="batchmean")
     return classification_loss(obj, labels) + agree
+
+
+def null_background_loss(background_logits: Tensor, multilabel: bool) -> Tensor:
+    """The background alone must name no class: with the objects painted over, every
+    sigmoid score goes to 0 (multi-label), or the softmax to the uniform distribution
+    (its cross-entropy to uniform, less log C, so 0 at the optimum).
+
+    With a pooled linear head the background's features add the same amount to every
+    class's logit once this holds, so a background that goes with a class in the
+    training data cannot move the decision. background_logits (N, C); 0 when N = 0.
+    """
+    if background_logits.shape[0] == 0:
+        return wide(background_logits.new_zeros(()))
+    logits = wide(background_logits)
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+    return -F.log_softmax(logits, dim=1).mean(1).mean() - math.log(logits.shape[1])
 
 
 def _mean_over_valid(err: Tensor, masks: Tensor) -> Tensor:

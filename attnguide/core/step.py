@@ -151,6 +151,17 @@ class Step:
             self._cache[key] = (index, self.guide.extra_logits(objects))
         return self._cache[key]
 
+    def background_logits(self) -> tuple[Tensor, Tensor]:
+        """``(index, logits)``: the images with a labelled pixel and the (N, C) logits of
+        their backgrounds alone, every pixel not labelled background (objects, ignored
+        pixels) painted over by `background_fill`."""
+        if "background" not in self._cache:
+            index = labelled(self.masks).nonzero().squeeze(1)
+            objects = (self.masks[index] != 0).unsqueeze(1).to(self.images.dtype)
+            self._cache["background"] = (index, self.guide.extra_logits(
+                background_fill(self.images[index], objects)))
+        return self._cache["background"]
+
     def swapped_logits(self, attention: bool = False, boxes: bool = False) -> tuple[Tensor, Tensor]:
         """``(index, logits)``: images and the (N, C) logits of their objects pasted on
         the background of another image of the batch (drawn at random, never itself),

@@ -34,12 +34,21 @@ gradient) that returns a scalar. Built-in terms, by name in `TERMS`:
            mask where there is one, else cut out by the image's own attention
            (its erasing mask T(A), detached), so a few masks (which train the
            attention with ``ext``) reach the unlabelled images.
+``bg_null`` the background alone names no class: each labelled image with its objects
+           painted over by the picture's own background from elsewhere in it (as in
+           ``swap``) must score 0 for every class (sigmoid) or the uniform distribution
+           (softmax). With a pooled linear head the background then adds the same to
+           every class, so a background that goes with a class cannot decide it. The
+           background-only images by which "Noise or Signal" (Xiao et al., ICLR 2021)
+           measured how much a classifier reads backgrounds, as a training target
+           (images with a mask only; one more forward, no CAM).
 ``box_swap`` the background swap for boxes: each image with boxes has everything inside
            its boxes (object and the background the box holds) pasted onto another
            boxed image's background (its boxes painted over as in ``swap``); masks,
            where an image has one, cut as in ``swap`` (images with boxes or masks,
-           two or more per batch; one more forward, no CAM). The cut-and-paste of box-supervised segmentation
-           (Dwibedi et al. 2017, "Cut, Paste and Learn") as a consistency loss.
+           two or more per batch; one more forward, no CAM). The cut-and-paste of
+           box-supervised segmentation (Dwibedi et al. 2017, "Cut, Paste and Learn")
+           as a consistency loss.
 ``box_swap_attention`` the same, cutting inside each box only what the image's own
            attention covers (its erasing mask T(A), detached), so that less of the
            background the box holds travels with the object.
@@ -108,6 +117,7 @@ from attnguide.core.losses import (
     attention_mining_loss,
     background_invariance_loss,
     input_gradient_loss,
+    null_background_loss,
     wide,
 )
 from attnguide.core.registry import Registry
@@ -255,6 +265,11 @@ def _swap(step: Step) -> Tensor:
     return _invariance(step, *step.swapped_logits())
 
 
+def _bg_null(step: Step) -> Tensor:
+    _, logits = step.background_logits()
+    return null_background_loss(logits, step.multilabel)
+
+
 def _box_swap(step: Step) -> Tensor:
     return _invariance(step, *step.swapped_logits(boxes=True))
 
@@ -394,6 +409,7 @@ TERMS.register("rrr")(Term(_rrr, attention=False, masks=True, input_grad=True))
 TERMS.register("area")(Term(_area))
 TERMS.register("bg")(Term(_bg, attention=False, masks=True, options={"fill": 0.0}))
 TERMS.register("swap")(Term(_swap, attention=False, masks=True))
+TERMS.register("bg_null")(Term(_bg_null, attention=False, masks=True))
 TERMS.register("swap_attention")(Term(_swap_attention))
 TERMS.register("box_swap")(Term(_box_swap, attention=False, kinds=("boxes",)))
 TERMS.register("box_swap_attention")(Term(_box_swap_attention, kinds=("boxes",)))

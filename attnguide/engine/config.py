@@ -70,7 +70,7 @@ class TrainConfig(Options):
     layer: str | None = "auto"  # attention layer: auto (deepest stage with >= 7x7 cells), a dotted name, or none (last stage)
 
     # --- guided attention (GAIN)
-    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); energy, box_l1, box_swap (boxes); point (clicks); avoid (avoid regions); or joined: ext+swap, self+energy (am = self). ext, rrr, bg, swap need masks (or scribbles); auto adds energy+box_swap (in place of swap), point, avoid for boxes, points, avoid named by --annotations
+    guidance: str = "auto"  # auto (self without pixel masks, ext+swap with them); none; self (L_cl + alpha L_am); ext (+ omega L_e); rrr (input gradients); bg (background invariance); swap (background swap); bg_null (the background alone names no class); energy, box_l1, box_swap (boxes); point (clicks); avoid (avoid regions); or joined: ext+swap, self+energy (am = self). ext, rrr, bg, swap, bg_null need masks (or scribbles); auto adds energy+box_swap (in place of swap), point, avoid for boxes, points, avoid named by --annotations
     warmup_epochs: int = 1  # classification-only epochs before L_am is switched on
     alpha: float = 1.0  # weight of the attention-mining loss L_am (paper: 1)
     omega: float = 10.0  # weight of the pixel-mask loss L_e of GAIN_ext (paper: 10)
@@ -86,6 +86,7 @@ class TrainConfig(Options):
     ext_classes: str = "target"  # L_e on the positive classes' attention (target, the paper) or every class's, absent ones too (all)
     rrr_weight: float = 1.0  # weight of input-gradient (RRR) supervision on pixel-labelled images (with --guidance rrr or ext+rrr)
     bg_weight: float = 1.0  # weight of background invariance on pixel-labelled images (with --guidance bg or ext+bg)
+    bg_null_weight: float = 1.0  # weight of bg_null (the background alone names no class; --guidance ...+bg_null)
     swap_weight: float = 1.0  # weight of the background swap (with --guidance swap or ext+swap; box_swap for boxes)
     swap_source: str = "auto"  # objects to swap: masks (pixel-labelled images only), attention (also every other image, cut out by its own attention; with box_swap, the attention inside the boxes), or auto (masks, which worked better)
     annotations: str = "auto"  # annotation kinds that feed the terms: auto (every kind of the training split that --guidance uses) or a ','-joined list of masks, scribbles, boxes, points, avoid (CSV columns mask, scribble, boxes, points, avoid; VOC: boxes from Annotations/*.xml, read only when named)
@@ -156,7 +157,7 @@ class TrainConfig(Options):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
-                     "rrr_weight", "bg_weight", "swap_weight", "energy_weight", "box_l1_weight",
+                     "rrr_weight", "bg_weight", "bg_null_weight", "swap_weight", "energy_weight", "box_l1_weight",
                      "point_weight", "avoid_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
@@ -177,10 +178,10 @@ class TrainConfig(Options):
         parts = guidance_parts(self.guidance)
         if "ext" in parts and self.omega == 0:
             raise AttnGuideError("--guidance ext with --omega 0 is GAIN_self: use --guidance self")
-        for part in ("bg", "swap", "rrr", "energy", "box_l1", "point", "avoid", "box_swap"):
+        for part in ("bg", "bg_null", "swap", "rrr", "energy", "box_l1", "point", "avoid", "box_swap"):
             weight = "swap" if part == "box_swap" else part
             if part in parts and getattr(self, f"{weight}_weight") == 0:
-                raise AttnGuideError(f"--guidance {part} with --{weight}-weight 0 adds nothing: "
+                raise AttnGuideError(f"--guidance {part} with {_opt(weight + '_weight')} 0 adds nothing: "
                                      "give a weight > 0")
         return self
 

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from attnguide.constants import IGNORE
 from attnguide.core.guidance import (
+    MASK_PARTS,
     PART_KINDS,
     check_annotation_kinds,
     guidance_kinds,
@@ -138,7 +139,7 @@ def resolve_annotations(cfg: TrainConfig, train_ds) -> str | None:
     if asked is not None:
         check_annotation_kinds(cfg.guidance, asked - {"mask"})
     train_ds.use_annotations((guidance_kinds(cfg.guidance) & kinds) | ({"mask"} & kinds))
-    for part in sorted(guidance_parts(cfg.guidance) - {"self", "ext", "rrr", "bg", "swap"}):
+    for part in sorted(guidance_parts(cfg.guidance) - {"self"} - MASK_PARTS):
         want = set(PART_KINDS[part])
         if not any(train_ds.samples[i].kinds & want for i in train_ds.box_labelled):
             said = ", ".join(sorted(want))

@@ -69,6 +69,10 @@ ROWS = {
     "swap10half_unbiased": ("background swap alone, 10 %, half of every batch pixel-labelled, on train_unbiased "
                             "(no shortcut)", {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5,
                                               "train_split": "train_unbiased"}),
+    "auto10_null": ("the defaults + bg_null (the background alone names no class), 10 %",
+                    {"guidance": "ext+swap+bg_null", "pixel_labels": "10%"}),
+    "oracle_auto10_null": ("the defaults + bg_null, 10 %, on train_unbiased (no shortcut)",
+                           {"guidance": "ext+swap+bg_null", "pixel_labels": "10%", "train_split": "train_unbiased"}),
     "auto10_swap4": ("the defaults, 10 %, swap weight 4", {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 4}),
 }
 COLUMNS = [("test_accuracy", "accuracy"), ("test_worst_group_accuracy", "worst group"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from core_models import TinyNet
 
 from attnguide import ActivationCapture, AttnGuideError, GuidedAttention
@@ -144,6 +145,33 @@ def test_background_fill_paints_objects_with_the_pictures_own_background():
     assert torch.equal(filled[1, :, 4, 4], images[1, :, 0, 0])  # the (4, 4) shift reaches a background pixel
     assert torch.equal(filled[1, :, 4, 1], images[1, :, 0, 1])  # then the (4, 0) shift
     assert torch.allclose(filled[1, :, 2, 6], images[1, :, 0, 0:2].mean(1))  # no shift does: the mean
+
+
+def test_bg_null_shows_the_backgrounds_alone_and_wants_no_class():
+    import math
+
+    from attnguide.core.step import background_fill
+
+    images, labels, masks = _two_labelled()  # single-label: softmax
+    model = _Recording()
+    guide = GuidedAttention(model, layer="features", alpha=0, omega=0, terms={"bg_null": 1.0})
+    out = guide(images, labels.argmax(1), masks)
+    background = model.seen[1]  # the clean batch, then the two labelled images' backgrounds
+    objects = (masks[:2] != 0).unsqueeze(1).float()
+    assert torch.equal(background, background_fill(images[:2], objects))
+    logits = guide.extra_logits(background)  # BatchNorm frozen, as the step runs it
+    want = -torch.log_softmax(logits, 1).mean() - math.log(3)  # cross-entropy to uniform, less log C
+    assert torch.allclose(out.losses["bg_null"], want, atol=1e-5) and out.losses["bg_null"] > 0
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    multi = guide(images, labels, masks)  # multi-hot labels: every sigmoid score to 0
+    logits = guide.extra_logits(model.seen[-1])  # (the clean forward moved BatchNorm's statistics)
+    assert torch.allclose(multi.losses["bg_null"],
+                          F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)), atol=1e-5)
+    kwargs = guide_kwargs(TrainConfig(data="x", guidance="ext+swap+bg_null", bg_null_weight=2).to_dict())
+    assert kwargs["terms"] == {"swap": 1.0, "bg_null": 2.0}
+    with pytest.raises(AttnGuideError, match="--bg-null-weight 0 adds nothing"):
+        TrainConfig(data="x", guidance="ext+bg_null", bg_null_weight=0).validate()
 
 
 def test_swap_pastes_objects_on_another_background_and_paints_over_its_objects():

@@ -73,6 +73,21 @@ ROWS = {
                     {"guidance": "ext+swap+bg_null", "pixel_labels": "10%"}),
     "oracle_auto10_null": ("the defaults + bg_null, 10 %, on train_unbiased (no shortcut)",
                            {"guidance": "ext+swap+bg_null", "pixel_labels": "10%", "train_split": "train_unbiased"}),
+    "oracle_auto10_share0": ("the defaults, 10 %, no labelled share (the labelled images shown once an epoch), "
+                             "on train_unbiased (no shortcut)",
+                             {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0,
+                              "train_split": "train_unbiased"}),
+    "auto10_share0": ("the defaults, 10 %, no labelled share (the labelled images shown once an epoch)",
+                      {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0}),
+    "swap100": ("background swap alone, every image pixel-labelled (what masks can do at all)",
+                {"guidance": "swap", "pixel_labels": "100%"}),
+    # the counterfactual forwards (swap, erased images) with BatchNorm in training mode, not frozen
+    "auto10_bn": ("the defaults, 10 %, --no-freeze-bn", {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": False}),
+    "oracle_auto10_bn": ("the defaults, 10 %, --no-freeze-bn, on train_unbiased (no shortcut)",
+                         {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": False,
+                          "train_split": "train_unbiased"}),
+    "swap100_bn": ("background swap alone, every image pixel-labelled, --no-freeze-bn",
+                   {"guidance": "swap", "pixel_labels": "100%", "freeze_bn": False}),
     "auto10_swap4": ("the defaults, 10 %, swap weight 4", {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 4}),
 }
 COLUMNS = [("test_accuracy", "accuracy"), ("test_worst_group_accuracy", "worst group"),

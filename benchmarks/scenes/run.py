@@ -157,13 +157,15 @@ SEGMENT_COLUMNS = [("segmenter_miou", "segmenter mIoU")]
 COST_COLUMNS = [("steps", "steps"), ("train_seconds", "training s")]  # every row reports its compute
 
 
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
+def parse_sets(items: list[str]) -> dict[str, str | bool]:
+    """``--set key=value`` items -> options; ``true`` / ``false`` become booleans (flags)."""
+    out: dict[str, str | bool] = {}
     for item in items:
         key, _, value = item.partition("=")
         if not _:
             raise SystemExit(f"--set takes key=value, got {item!r}")
-        out[key.replace("-", "_")] = value
+        words = {"true": True, "false": False}
+        out[key.replace("-", "_")] = words.get(value.strip().lower(), value)
     return out
 
 

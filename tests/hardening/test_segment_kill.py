@@ -24,6 +24,30 @@ def _read(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _kill_mid_epoch(proc: subprocess.Popen, last: Path, deadline: float) -> tuple | None:
+    """SIGKILL ``proc`` at a mid-epoch checkpoint (batch >= 2, step < 12: well before the end);
+    its (epoch, batch, step), or None when the run ended first. Each new last.pt is read with
+    the process stopped (SIGSTOP), so the checkpoint it dies with is the one read: none can
+    land between the read and the kill (an epoch-end one once did, failing the test)."""
+    seen = None
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists() and last.stat().st_mtime_ns != seen:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                seen = last.stat().st_mtime_ns
+                state = _read(last)
+                if state["batch"] >= 2 and state["step"] < 12:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    return state["epoch"], state["batch"], state["step"]
+            finally:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)  # harmless once killed
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.02)
+    return None
+
+
 def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     # 8 train images, batch 2: 4 iterations an epoch, 16 in all; last.pt every 2 iterations
     args = ["segment", "--data", scenes, "--labels", "gt", "--arch", "linknet", "--encoder",
@@ -37,17 +61,8 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     proc = subprocess.Popen(_cli(*args, "--out", killed), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     at = None
-    deadline = time.monotonic() + 240
     try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            last = killed / "last.pt"
-            if last.exists():
-                state = _read(last)
-                if state["batch"] >= 2 and state["step"] < 12:  # mid-epoch, well before the end
-                    os.kill(proc.pid, signal.SIGKILL)
-                    at = (state["epoch"], state["batch"], state["step"])
-                    break
-            time.sleep(0.02)
+        at = _kill_mid_epoch(proc, killed / "last.pt", time.monotonic() + 240)
     finally:
         if proc.poll() is None and at is None:
             proc.kill()

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from kill_helpers import kill_at_checkpoint
 
 from attnguide.data import make_scenes
 from attnguide.engine import TrainConfig, Trainer
@@ -115,17 +115,8 @@ def test_resume_after_sigkill_is_bit_exact(scenes, tmp_path):
     proc = subprocess.Popen(_cli(*args, "--out", killed_dir, cwd=tmp_path), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     at = None
-    deadline = time.monotonic() + 240
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            last = killed_dir / "last.pt"
-            if last.exists():
-                state = _read(last)
-                if state["batch"] >= 2 and state["step"] < 9:  # mid-epoch, well before the end
-                    os.kill(proc.pid, signal.SIGKILL)
-                    at = (state["epoch"], state["batch"])
-                    break
-            time.sleep(0.02)
+    try:  # mid-epoch, well before the end
+        at = kill_at_checkpoint(proc, killed_dir / "last.pt", lambda s: s["batch"] >= 2 and s["step"] < 9)
     finally:
         if proc.poll() is None and at is None:
             proc.kill()

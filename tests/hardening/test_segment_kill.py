@@ -5,15 +5,14 @@ tests/engine/test_engine_train.py's kill test for `attnguide train`)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from hardening_helpers import subprocess_env
+from kill_helpers import kill_at_checkpoint, read_checkpoint
 
 
 def _cli(*args) -> list[str]:
@@ -21,31 +20,7 @@ def _cli(*args) -> list[str]:
 
 
 def _read(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _kill_mid_epoch(proc: subprocess.Popen, last: Path, deadline: float) -> tuple | None:
-    """SIGKILL ``proc`` at a mid-epoch checkpoint (batch >= 2, step < 12: well before the end);
-    its (epoch, batch, step), or None when the run ended first. Each new last.pt is read with
-    the process stopped (SIGSTOP), so the checkpoint it dies with is the one read: none can
-    land between the read and the kill (an epoch-end one once did, failing the test)."""
-    seen = None
-    while proc.poll() is None and time.monotonic() < deadline:
-        if last.exists() and last.stat().st_mtime_ns != seen:
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
-                seen = last.stat().st_mtime_ns
-                state = _read(last)
-                if state["batch"] >= 2 and state["step"] < 12:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    return state["epoch"], state["batch"], state["step"]
-            finally:
-                try:
-                    os.kill(proc.pid, signal.SIGCONT)  # harmless once killed
-                except ProcessLookupError:
-                    pass
-        time.sleep(0.02)
-    return None
+    return read_checkpoint(path)
 
 
 def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
@@ -61,8 +36,8 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     proc = subprocess.Popen(_cli(*args, "--out", killed), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     at = None
-    try:
-        at = _kill_mid_epoch(proc, killed / "last.pt", time.monotonic() + 240)
+    try:  # mid-epoch, well before the end
+        at = kill_at_checkpoint(proc, killed / "last.pt", lambda s: s["batch"] >= 2 and s["step"] < 12)
     finally:
         if proc.poll() is None and at is None:
             proc.kill()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from kill_helpers import kill_at_checkpoint
+from kill_helpers import kill_at_checkpoint, read_checkpoint
 
 from attnguide.data import make_scenes
 from attnguide.engine import TrainConfig, Trainer
@@ -99,9 +99,6 @@ def test_resume_with_another_model_fails_clearly(single_scenes, tmp_path):
         Trainer(_cfg(single_scenes, tmp_path / "a"))  # no silent overwrite
 
 
-def _read(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
 
 def test_resume_after_sigkill_is_bit_exact(scenes, tmp_path):
     args = ["train", "--data", scenes, "--model", "test_resnet", "--image-size", 64, "--batch-size", 4,
@@ -123,12 +120,12 @@ def test_resume_after_sigkill_is_bit_exact(scenes, tmp_path):
         proc.wait(timeout=60)
     assert at is not None, "the run ended before a mid-epoch checkpoint was seen"
     assert proc.returncode == -signal.SIGKILL
-    assert _read(killed_dir / "last.pt")["batch"] > 0  # resuming mid-epoch
+    assert read_checkpoint(killed_dir / "last.pt")["batch"] > 0  # resuming mid-epoch
 
     resumed = subprocess.run(_cli("train", "--resume", killed_dir, "--quiet", cwd=tmp_path), env=_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _read(tmp_path / "ref" / "last.pt"), _read(killed_dir / "last.pt")
+    a, b = read_checkpoint(tmp_path / "ref" / "last.pt"), read_checkpoint(killed_dir / "last.pt")
     assert a["step"] == b["step"] == 12 and b["epoch"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -154,7 +151,7 @@ def test_ddp_two_gloo_processes_match_one_process(single_scenes, tmp_path):
                           "-m", "attnguide", *map(str, args), "--out", str(tmp_path / "two")],
                          env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _read(tmp_path / "one" / "last.pt"), _read(tmp_path / "two" / "last.pt")
+    a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
     assert a["step"] == b["step"] == 4
     import timm
 

@@ -19,9 +19,6 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "attnguide", *map(str, args)]
 
 
-def _read(path: Path) -> dict:
-    return read_checkpoint(path)
-
 
 def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
     # 8 train images, batch 2: 4 iterations an epoch, 16 in all; last.pt every 2 iterations
@@ -44,7 +41,7 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
         proc.wait(timeout=60)
     assert at is not None, "the run ended before a mid-epoch checkpoint was seen"
     assert proc.returncode == -signal.SIGKILL
-    assert _read(killed / "last.pt")["batch"] > 0  # the resume starts mid-epoch (last.pt is whole)
+    assert read_checkpoint(killed / "last.pt")["batch"] > 0  # the resume starts mid-epoch (last.pt is whole)
     # a kill during a checkpoint write can leave only the writer's temporary file, never half a file
     left = {p.name for p in killed.iterdir()} - {"last.pt", "metrics.jsonl", "segment.yaml"}
     assert all(name.startswith(".last.pt.") and name.endswith(".tmp") for name in left), left
@@ -53,7 +50,7 @@ def test_segment_resumed_after_sigkill_is_bit_exact(scenes, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # the resume removed them
-    a, b = _read(tmp_path / "ref" / "last.pt"), _read(killed / "last.pt")
+    a, b = read_checkpoint(tmp_path / "ref" / "last.pt"), read_checkpoint(killed / "last.pt")
     assert a["step"] == b["step"] == 16 and a["epoch"] == b["epoch"] == 4
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

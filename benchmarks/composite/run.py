@@ -51,45 +51,45 @@ scenes = _scenes_runner()
 
 COMMON = {"model": "resnet10t", "image_size": 64, "epochs": 4, "batch_size": 32, "optimizer": "adamw",
           "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine", "val_split": "", "snapshots": 0}
+UNBIASED = {"train_split": "train_unbiased"}  # the "oracle" rows: trained without the shortcut
+DEFAULTS10 = {"guidance": "auto", "pixel_labels": "10%"}
+
+
+def _same_as_scenes(row: str) -> dict:
+    """The training options of the scenes benchmark's row of that name (one definition)."""
+    return scenes.ROWS[row][1]
+
+
 ROWS = {
     "baseline": ("unguided, equal epochs", {"guidance": "none"}),
-    "auto10": ("the defaults (--guidance auto), 10 % pixel labels", {"guidance": "auto", "pixel_labels": "10%"}),
+    "auto10": ("the defaults (--guidance auto), 10 % pixel labels", DEFAULTS10),
     "baseline_steps": ("unguided, the defaults' steps", {"guidance": "none", "steps_of": "auto10"}),
-    "oracle": ("oracle: unguided on train_unbiased (no shortcut)",
-               {"guidance": "none", "train_split": "train_unbiased"}),
-    "oracle_auto10": ("the defaults, 10 %, on train_unbiased (no shortcut)",
-                      {"guidance": "auto", "pixel_labels": "10%", "train_split": "train_unbiased"}),
+    "oracle": ("oracle: unguided on train_unbiased (no shortcut)", {"guidance": "none", **UNBIASED}),
+    "oracle_auto10": ("the defaults, 10 %, on train_unbiased (no shortcut)", {**DEFAULTS10, **UNBIASED}),
     # candidates beside the defaults (ext+swap, half of every batch pixel-labelled)
     "swap10half": ("background swap alone, 10 %, half of every batch pixel-labelled",
-                   {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5}),
+                   _same_as_scenes("swap10half")),
     "extswapatt10half": ("GAIN_ext + background swap, unlabelled objects cut by attention, 10 %, half of "
-                         "every batch pixel-labelled",
-                         {"guidance": "ext+swap", "pixel_labels": "10%", "swap_source": "attention",
-                          "labelled_share": 0.5}),
+                         "every batch pixel-labelled", _same_as_scenes("extswapatt10half")),
     "swap10half_unbiased": ("background swap alone, 10 %, half of every batch pixel-labelled, on train_unbiased "
-                            "(no shortcut)", {"guidance": "swap", "pixel_labels": "10%", "labelled_share": 0.5,
-                                              "train_split": "train_unbiased"}),
+                            "(no shortcut)", _same_as_scenes("swap10half_unbiased")),
     "auto10_null": ("the defaults + bg_null (the background alone names no class), 10 %",
-                    {"guidance": "ext+swap+bg_null", "pixel_labels": "10%"}),
-    "oracle_auto10_null": ("the defaults + bg_null, 10 %, on train_unbiased (no shortcut)",
-                           {"guidance": "ext+swap+bg_null", "pixel_labels": "10%", "train_split": "train_unbiased"}),
-    "oracle_auto10_share0": ("the defaults, 10 %, no labelled share (the labelled images shown once an epoch), "
-                             "on train_unbiased (no shortcut)",
-                             {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0,
-                              "train_split": "train_unbiased"}),
+                    {**DEFAULTS10, "guidance": "ext+swap+bg_null"}),
     "auto10_share0": ("the defaults, 10 %, no labelled share (the labelled images shown once an epoch)",
-                      {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0}),
+                      {**DEFAULTS10, "labelled_share": 0}),
     "swap100": ("background swap alone, every image pixel-labelled (what masks can do at all)",
-                {"guidance": "swap", "pixel_labels": "100%"}),
+                _same_as_scenes("swap100")),
     # the counterfactual forwards (swap, erased images) with BatchNorm in training mode, not frozen
-    "auto10_bn": ("the defaults, 10 %, --no-freeze-bn", {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": False}),
-    "oracle_auto10_bn": ("the defaults, 10 %, --no-freeze-bn, on train_unbiased (no shortcut)",
-                         {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": False,
-                          "train_split": "train_unbiased"}),
+    "auto10_bn": ("the defaults, 10 %, --no-freeze-bn", {**DEFAULTS10, "freeze_bn": False}),
     "swap100_bn": ("background swap alone, every image pixel-labelled, --no-freeze-bn",
-                   {"guidance": "swap", "pixel_labels": "100%", "freeze_bn": False}),
-    "auto10_swap4": ("the defaults, 10 %, swap weight 4", {"guidance": "auto", "pixel_labels": "10%", "swap_weight": 4}),
+                   {**_same_as_scenes("swap100"), "freeze_bn": False}),
+    "auto10_swap4": ("the defaults, 10 %, swap weight 4", _same_as_scenes("auto10_swap4")),
 }
+# the same candidates trained without the shortcut: does guidance cost accuracy where there is none?
+ROWS.update({f"oracle_{row}": (f"{name}, on train_unbiased (no shortcut)", {**ROWS[row][1], **UNBIASED})
+             for row, name in {"auto10_null": "the defaults + bg_null, 10 %",
+                               "auto10_share0": ROWS["auto10_share0"][0],
+                               "auto10_bn": ROWS["auto10_bn"][0]}.items()})
 COLUMNS = [("test_accuracy", "accuracy"), ("test_worst_group_accuracy", "worst group"),
            ("test_mean_group_accuracy", "mean group"), ("test_cam_miou", "CAM mIoU")]
 GAP_REFERENCE = ("baseline_steps", "oracle")
@@ -106,8 +106,9 @@ def counterfactual_head(run: Path, data: Path, out: Path, *, partners: int = 8, 
 
     Each labelled image i is pasted (its mask's pixels) on the backgrounds of ``partners``
     other labelled images j (j's own object painted over with j's background from elsewhere
-    in its picture, as the swap term does); the head is fitted from scratch on the pooled features of the originals and the
-    counterfactuals (full batch, AdamW, ``head_steps`` steps, cross-entropy).
+    in its picture, as the swap term does); the head is fitted from scratch on the pooled
+    features of the originals and the counterfactuals (full batch, AdamW, ``head_steps``
+    steps, cross-entropy).
     """
     import torch
     import torch.nn.functional as F
@@ -276,12 +277,13 @@ def main(argv=None) -> None:
                 f"'+ last layer on counterfactuals': the run's head refitted (backbone frozen) on its "
                 f"pixel-labelled images and 8 background swaps of each (no backbone steps; its "
                 f"seconds are added). Load average {load:.1f} at the start of this call (2 cores: above 2 "
-                f"the wall times are inflated by other jobs); {time.time() - t_start:.0f} s for this call.\n\n{table}\n" + (f"\n{args.note}\n" if args.note else ""))
+                f"the wall times are inflated by other jobs); {time.time() - t_start:.0f} s for this call."
+                f"\n\n{table}\n" + (f"\n{args.note}\n" if args.note else ""))
         sys.path.insert(0, str(HERE.parent))
         from results_page import record
 
-        record(f"composite/run.py --glyphs {glyphs or args.data}: " + " ".join(args.rows) + "".join(f" --set {s}" for s in sorted(args.set)),
-               text, section="Composite: shortcut removal on real pictures", history="composite.md",
+        sets = "".join(f" --set {s}" for s in sorted(args.set))
+        record(f"composite/run.py --glyphs {glyphs or args.data}: " + " ".join(args.rows) + sets, text, section="Composite: shortcut removal on real pictures", history="composite.md",
                results=RESULTS)
 
 

@@ -157,8 +157,8 @@ class TrainConfig(Options):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("alpha", "omega", "weight_decay", "clip_grad", "min_lr", "area_weight",
-                     "rrr_weight", "bg_weight", "bg_null_weight", "swap_weight", "energy_weight", "box_l1_weight",
-                     "point_weight", "avoid_weight"):
+                     "rrr_weight", "bg_weight", "bg_null_weight", "swap_weight", "energy_weight",
+                     "box_l1_weight", "point_weight", "avoid_weight"):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"{_opt(name)} must be >= 0, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:

@@ -9,10 +9,11 @@ glyphs per class (so that train and test use different glyphs). Two glyph sets:
   has seen, and a model trained without the shortcut learns the task at CPU scale.
 - ``--glyphs categories`` (the default; 10 classes such as bird, fish, fruit of 5-12
   different glyphs each): held-out glyphs are new kinds of the class, which a model from
-  scratch on a few hundred 64 px images does not generalise to (it stays near chance). Backgrounds: photographs
-(not the abstract art) of Debian's ``plasma-workspace-wallpapers`` and ``mate-backgrounds``,
-grouped into pools of similar scenes, one pool per class. Then ``attnguide data composite``
-builds the data set.
+  scratch on a few hundred 64 px images does not generalise to (it stays near chance).
+
+Backgrounds: photographs (not the abstract art) of Debian's ``plasma-workspace-wallpapers``
+and ``mate-backgrounds``, grouped into pools of similar scenes, one pool per class. Then
+``attnguide data composite`` builds the data set.
 
     python benchmarks/composite/make_data.py --out runs/composite/data          # 64 px, bias 0.95
     python benchmarks/composite/make_data.py --out D --install                 # apt-get install first
@@ -154,9 +155,8 @@ def main(argv=None) -> Path:
     inputs = args.inputs or args.out.with_name(args.out.name + ".inputs")
     if args.overwrite:
         shutil.rmtree(inputs, ignore_errors=True)
-    if args.overwrite or not (inputs / "objects").is_dir():
-        shutil.rmtree(inputs / "objects", ignore_errors=True)
-    elif sorted(p.name for p in (inputs / "objects").iterdir()) != sorted(GLYPH_SETS[args.glyphs]):
+    elif (inputs / "objects").is_dir() and (
+            sorted(p.name for p in (inputs / "objects").iterdir()) != sorted(GLYPH_SETS[args.glyphs])):
         raise SystemExit(f"{inputs / 'objects'} holds another glyph set than --glyphs {args.glyphs}; "
                          "pass --overwrite or another --inputs")
     objects = render_emoji(inputs / "objects", args.glyphs)

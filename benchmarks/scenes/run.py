@@ -159,12 +159,12 @@ COST_COLUMNS = [("steps", "steps"), ("train_seconds", "training s")]  # every ro
 
 def parse_sets(items: list[str]) -> dict[str, str | bool]:
     """``--set key=value`` items -> options; ``true`` / ``false`` become booleans (flags)."""
+    words = {"true": True, "false": False}
     out: dict[str, str | bool] = {}
     for item in items:
         key, _, value = item.partition("=")
         if not _:
             raise SystemExit(f"--set takes key=value, got {item!r}")
-        words = {"true": True, "false": False}
         out[key.replace("-", "_")] = words.get(value.strip().lower(), value)
     return out
 

@@ -40,6 +40,20 @@ def check_arguments(model, *, am_score: str, layout: str | Callable, max_pairs_p
             raise AttnGuideError(f"{name} must be >= 0, got {value}")
 
 
+FREEZE_BN = ("all", "erased", "none")
+"""``freeze_bn`` settings: which extra forwards of a step run BatchNorm in eval mode."""
+
+
+def resolve_freeze_bn(value: bool | str) -> str:
+    """``True`` -> ``"all"``, ``False`` -> ``"none"``; a `FREEZE_BN` word unchanged."""
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    if value not in FREEZE_BN:
+        raise AttnGuideError(f"freeze_bn must be True, False or one of {', '.join(FREEZE_BN)}, "
+                             f"not {value!r}")
+    return value
+
+
 def extract_logits(output) -> Tensor:
     """The (B, C) logits in a model's output: a tensor, ``output["logits"]``,
     ``output.logits``, or the first item of a tuple."""

@@ -41,6 +41,7 @@ from attnguide.core.checks import (
     check_mask_values,
     check_masks,
     extract_logits,
+    resolve_freeze_bn,
 )
 from attnguide.core.hooks import (
     IsolatedBatchNorm,
@@ -90,9 +91,13 @@ class GuidedAttention(nn.Module):
         am_score: score of L_am: ``"sigmoid"``, ``"softmax"``, ``"logit"``, or
             ``"auto"`` (sigmoid for multi-hot labels, softmax for class indices);
             the ``score`` setting of the ``am`` term.
-        freeze_bn: BatchNorm in eval mode during the erased-image pass (the erased
-            images are out of distribution; their statistics would pollute the
-            running estimates).
+        freeze_bn: which of a step's extra forwards run BatchNorm in eval mode
+            (running statistics, no update): ``"all"`` (``True``), ``"erased"``
+            (only images with regions blanked out: GAIN's erased images and the
+            objects alone, which are out of distribution and whose statistics would
+            pollute the running estimates; composed pictures, the background swap's
+            and the backgrounds alone, run in the model's own mode) or ``"none"``
+            (``False``).
         isolate_batchnorm: in guided steps, train-mode BatchNorm layers *after*
             the target layer hold their batch statistics constant in backward
             (forward values and running statistics unchanged). Otherwise one
@@ -148,7 +153,7 @@ class GuidedAttention(nn.Module):
         alpha: float = 1.0,
         omega: float = 10.0,
         am_score: str = "auto",
-        freeze_bn: bool = True,
+        freeze_bn: bool | str = True,
         isolate_batchnorm: bool = True,
         max_pairs_per_image: int | None = None,
         detach_weights: bool = False,
@@ -171,7 +176,7 @@ class GuidedAttention(nn.Module):
         # the one representation of the terms: name -> (configured term, weight)
         self.terms: dict[str, tuple[Term, float]] = weighted_terms(
             {**shorthand, **(terms or {})}, {"score": am_score, "fill": float(fill)})
-        self.freeze_bn = freeze_bn
+        self.freeze_bn = resolve_freeze_bn(freeze_bn)
         self.isolate_batchnorm = isolate_batchnorm
         self.max_pairs_per_image = max_pairs_per_image
         self.detach_weights = detach_weights
@@ -365,9 +370,11 @@ class GuidedAttention(nn.Module):
 
     # ------------------------------------------------------------------ StepContext
 
-    def extra_logits(self, images: Tensor) -> Tensor:
-        """Logits of altered (out-of-distribution) images: BatchNorm frozen if asked."""
-        with frozen_batchnorm(self.model, self.freeze_bn):
+    def extra_logits(self, images: Tensor, erased: bool = True) -> Tensor:
+        """Logits of altered images, BatchNorm frozen as ``freeze_bn`` says for
+        erased images (``erased``) or composed pictures."""
+        frozen = self.freeze_bn == "all" or (erased and self.freeze_bn == "erased")
+        with frozen_batchnorm(self.model, frozen):
             return extract_logits(self.model(images))
 
     def class_maps(self, step: Step) -> Tensor:

@@ -63,9 +63,10 @@ class StepContext(Protocol):
     model: nn.Module
     fill: float
 
-    def extra_logits(self, images: Tensor) -> Tensor:
-        """(N, C) logits of altered (out-of-distribution) images (N, 3, H, W): one
-        more forward, BatchNorm frozen when the module says so."""
+    def extra_logits(self, images: Tensor, erased: bool = True) -> Tensor:
+        """(N, C) logits of altered images (N, 3, H, W): one more forward, BatchNorm
+        frozen when the module says so for erased images (regions blanked out) or, with
+        ``erased=False``, for composed pictures (every pixel from a photograph)."""
 
     def class_maps(self, step: Step) -> Tensor:
         """(B, C, H, W) attention of every class on every image of ``step`` (from its
@@ -159,7 +160,7 @@ class Step:
             index = labelled(self.masks).nonzero().squeeze(1)
             objects = (self.masks[index] != 0).unsqueeze(1).to(self.images.dtype)
             self._cache["background"] = (index, self.guide.extra_logits(
-                background_fill(self.images[index], objects)))
+                background_fill(self.images[index], objects), erased=False))
         return self._cache["background"]
 
     def swapped_logits(self, attention: bool = False, boxes: bool = False) -> tuple[Tensor, Tensor]:
@@ -211,7 +212,7 @@ class Step:
                 # silhouettes, the shape of the partner's class, in our image)
                 background = background_fill(own[partner].detach(), objects[partner])
                 swapped = objects * own + (1 - objects) * background
-                self._cache[key] = (index, self.guide.extra_logits(swapped))
+                self._cache[key] = (index, self.guide.extra_logits(swapped, erased=False))
         return self._cache[key]
 
     def box_targets(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:

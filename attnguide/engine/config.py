@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from attnguide.core.checks import FREEZE_BN
 from attnguide.core.guidance import (  # noqa: F401 - the guidance words belong to the options
     AUTO_GUIDANCE,
     AVOID_SOURCES,
@@ -51,6 +52,7 @@ class TrainConfig(Options):
 
     COMMAND = "train"  # (class attributes, not options: see engine.options.Options)
     AUTO_IS_NONE = frozenset({"labelled_share"})
+    BOOL_WORDS = {"freeze_bn": ("all", "none")}  # freeze_bn was true/false in older runs
 
     # --- data
     data: str = ""  # data set folder: a folder data set (classes.txt + CSVs) or VOC 2012
@@ -79,7 +81,7 @@ class TrainConfig(Options):
     mask_threshold: float = 0.5  # threshold of T(A) = sigmoid(sharpness * (A - threshold))
     mask_sharpness: float = 10.0  # sharpness of T(A) (the paper's other "omega")
     am_score: str = "auto"  # score in L_am: auto (sigmoid multi-label, softmax single), sigmoid, softmax, logit
-    freeze_bn: bool = True  # BatchNorm in eval mode for the erased-image pass
+    freeze_bn: str = "all"  # which extra forwards of a guided step run BatchNorm in eval mode: all, erased (only images with regions blanked out: GAIN's erased images, the objects alone; the background swap's composed pictures run in training mode) or none
     detach_weights: bool = False  # no second-order gradient through the CAM weights (cheaper)
     max_pairs_per_image: int | None = None  # cap on (image, class) pairs per image (None = all)
     area_weight: float = 0.0  # weight of a penalty on the erased area (0 = off)
@@ -141,6 +143,7 @@ class TrainConfig(Options):
         _choice("ext_classes", self.ext_classes, EXT_CLASSES)
         _choice("swap_source", self.swap_source, SWAP_SOURCES)
         _choice("avoid_source", self.avoid_source, AVOID_SOURCES)
+        _choice("freeze_bn", self.freeze_bn, FREEZE_BN)
         parse_annotation_kinds(self.annotations)
         if not self.point_sigma > 0:
             raise AttnGuideError(f"--point-sigma must be > 0 (e.g. 0.05), got {self.point_sigma}")

@@ -51,11 +51,14 @@ class Options:
     AUTO_IS_NONE: optional fields whose None means "decided by the run"; they accept
         the word ``auto`` and show it as their default.
     POSITIONAL: fields that are positional arguments on the command line (``RUN``).
+    BOOL_WORDS: word fields that were booleans once: name -> (word for true, word for
+        false), so config files of older runs still read.
     """
 
     COMMAND: ClassVar[str] = ""
     AUTO_IS_NONE: ClassVar[frozenset[str]] = frozenset()
     POSITIONAL: ClassVar[tuple[str, ...]] = ()
+    BOOL_WORDS: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -135,6 +138,8 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
         if optional:
             return None
         raise AttnGuideError(f"{source}: {name} cannot be empty")
+    if name in cls.BOOL_WORDS and isinstance(value, bool):
+        return cls.BOOL_WORDS[name][0 if value else 1]
     try:
         if tp is bool:
             if isinstance(value, bool):

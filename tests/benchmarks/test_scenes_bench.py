@@ -53,9 +53,9 @@ def test_train_command_passes_booleans_as_flags(tmp_path):
     spec = importlib.util.spec_from_file_location("scenes_bench", DRIVER)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    cmd = bench.train_command(tmp_path, tmp_path / "run", {"detach_weights": True, "freeze_bn": False,
+    cmd = bench.train_command(tmp_path, tmp_path / "run", {"detach_weights": True, "amp": False,
                                                             "alpha": 0}, seed=1, device="cpu")
-    assert "--detach-weights" in cmd and "--no-freeze-bn" in cmd and "True" not in cmd
+    assert "--detach-weights" in cmd and "--no-amp" in cmd and "True" not in cmd
     assert cmd[cmd.index("--alpha") + 1] == "0"
     from attnguide.engine.config import FIELDS
 

@@ -100,6 +100,23 @@ def test_frozen_bn_keeps_running_stats_of_erased_pass_out():
     assert bn.num_batches_tracked == bn_ref.num_batches_tracked == 1
 
 
+@pytest.mark.parametrize("freeze_bn, updates", [("all", 1), (True, 1), ("erased", 2), ("none", 3),
+                                                (False, 3)])
+def test_freeze_bn_chooses_which_extra_forwards_update_batchnorm(freeze_bn, updates):
+    """Forwards: clean, GAIN's erased images, the swapped pictures. ``erased`` freezes only
+    the erased images; the swapped pictures update the statistics as clean ones do."""
+    images, labels = data()
+    masks = torch.zeros(4, 16, 16, dtype=torch.long)
+    masks[:, 4:12, 4:12] = 1
+    model = TinyNet().train()
+    guide = GuidedAttention(model, layer="features", freeze_bn=freeze_bn, terms={"swap": 1.0})
+    guide(images, labels, masks)
+    assert int(model.stem[1].num_batches_tracked) == updates
+    assert guide.freeze_bn == {True: "all", False: "none"}.get(freeze_bn, freeze_bn)
+    with pytest.raises(AttnGuideError, match="freeze_bn must be True, False or one of all, erased, none"):
+        GuidedAttention(model, layer="features", freeze_bn="swap")
+
+
 def live_tensors():
     gc.collect()
     return sum(1 for o in gc.get_objects() if torch.is_tensor(o))

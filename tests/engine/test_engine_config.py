@@ -135,3 +135,18 @@ def test_a_segment_run_from_before_the_optimiser_options_resumes_with_sgd(tmp_pa
     cfg = config_from_options({"resume": str(tmp_path / "seg")})
     assert (cfg.optimizer, cfg.warmup_iterations, cfg.encoder_lr_mult) == ("sgd", 0, 1.0)
     assert SegmentConfig().optimizer == "adamw"  # new runs get the new defaults
+
+
+def test_freeze_bn_words_and_the_booleans_of_older_runs(tmp_path):
+    """freeze_bn is all / erased / none; config files and checkpoints of runs from when it
+    was a boolean still read (true -> all, false -> none)."""
+    cfg_file = tmp_path / "old.yaml"
+    cfg_file.write_text("data: d\nfreeze_bn: false\n")
+    assert resolve_config(None, cfg_file).freeze_bn == "none"
+    run = tmp_path / "run"
+    base = {**TrainConfig(data="d").to_dict(), "freeze_bn": True}
+    save_checkpoint({"kind": "classifier", "model_name": "resnet18", "config": base}, run / "last.pt")
+    assert config_from_options({"resume": str(run)}).freeze_bn == "all"
+    assert resolve_config({"freeze_bn": "erased"}).freeze_bn == "erased"
+    with pytest.raises(AttnGuideError, match="--freeze-bn must be one of all, erased, none, got 'swap'"):
+        TrainConfig(data="d", freeze_bn="swap").validate()

@@ -86,6 +86,10 @@ ROWS = {
     "auto10_share75_swap2": ("defaults, 10%, three quarters of every batch pixel-labelled, swap weight 2",
                              {"guidance": "auto", "pixel_labels": "10%", "labelled_share": 0.75,
                               "swap_weight": 2}),
+    "auto10_bn": ("defaults, 10%, --freeze-bn none (BatchNorm in training mode in every extra forward)",
+                  {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "none"}),
+    "auto10_bnerased": ("defaults, 10%, --freeze-bn erased (only the erased images frozen)",
+                        {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "erased"}),
     "auto10_unbiased": ("defaults, 10%, trained without the shortcut",
                         {"guidance": "auto", "pixel_labels": "10%", "train_split": "train_unbiased"}),
     # Twice the epochs of the preset (the cue preset trains 15): does a longer run let the

@@ -155,7 +155,8 @@ PRESETS = {
 }
 
 COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"), ("test_cam_miou", "CAM mIoU"),
-           ("test_attention_inside", "attention inside")]
+           ("test_attention_inside", "attention inside"),
+           ("test_worst_group_accuracy", "worst group"), ("test_mean_group_accuracy", "mean group")]
 PSEUDO_COLUMNS = [("pseudo_miou", "pseudo-label mIoU"), ("pseudo_miou_crf", "with CRF")]
 SEGMENT_COLUMNS = [("segmenter_miou", "segmenter mIoU")]
 COST_COLUMNS = [("steps", "steps"), ("train_seconds", "training s")]  # every row reports its compute

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from attnguide.core.checks import FREEZE_BN
+from attnguide.core.checks import FREEZE_BN, resolve_freeze_bn
 from attnguide.core.guidance import (  # noqa: F401 - the guidance words belong to the options
     AUTO_GUIDANCE,
     AVOID_SOURCES,
@@ -52,7 +52,8 @@ class TrainConfig(Options):
 
     COMMAND = "train"  # (class attributes, not options: see engine.options.Options)
     AUTO_IS_NONE = frozenset({"labelled_share"})
-    BOOL_WORDS = {"freeze_bn": ("all", "none")}  # freeze_bn was true/false in older runs
+    # freeze_bn was true/false in older runs: the words GuidedAttention reads those booleans as
+    BOOL_WORDS = {"freeze_bn": (resolve_freeze_bn(True), resolve_freeze_bn(False))}
 
     # --- data
     data: str = ""  # data set folder: a folder data set (classes.txt + CSVs) or VOC 2012

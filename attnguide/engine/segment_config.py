@@ -41,6 +41,7 @@ class SegmentConfig(Options):
     arch: str = "deeplabv3plus"  # deeplab-largefov or any smp architecture (unet, deeplabv3plus, ...)
     encoder: str | None = None  # smp encoder or tu-<timm model> (default resnet50; vgg16 for deeplab-largefov)
     weights: str | None = None  # local encoder weights file (VGG16 for deeplab-largefov)
+    decoder_channels: str | None = None  # widths of the smp decoder: one per stage for unet/unetplusplus/manet (e.g. 64,32,16,8,4; smp's default 256,128,64,32,16), one number for deeplabv3(plus)/pan/upernet (default: the arch's)
 
     # --- optimisation (defaults: AdamW, warm-up, poly; the DeepLab paper's SGD recipe is benchmarks/voc2012/configs/segment-largefov.yaml)
     epochs: int | None = None  # epochs (default 10 when --iterations is not given)
@@ -94,6 +95,21 @@ class SegmentConfig(Options):
             raise AttnGuideError(f"--scale-range needs 0 < MIN <= MAX, got {self.scale_range!r}")
         return low, high
 
+    @property
+    def decoder_widths(self) -> int | tuple[int, ...] | None:
+        """``decoder_channels`` as smp takes it: None, one int, or a tuple of ints."""
+        if self.decoder_channels is None or str(self.decoder_channels).strip() == "":
+            return None
+        parts = [p for p in str(self.decoder_channels).replace(" ", ",").split(",") if p]
+        try:
+            widths = tuple(int(p) for p in parts)
+        except ValueError:
+            widths = ()
+        if not widths or min(widths) < 1:
+            raise AttnGuideError(f"--decoder-channels must be positive integers such as 64,32,16,8,4 "
+                                 f"(or one number), got {self.decoder_channels!r}")
+        return widths[0] if len(widths) == 1 else widths
+
     def validate(self) -> SegmentConfig:
         if not self.data:
             raise AttnGuideError("pass the data set with --data PATH")
@@ -136,6 +152,7 @@ class SegmentConfig(Options):
             if getattr(self, name) < 0:
                 raise AttnGuideError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         self.scales  # noqa: B018 - parse check
+        self.decoder_widths  # noqa: B018 - parse check
         if self.crf_eval:
             parse_crf_params(self.crf_params)
             require_crf("--crf-eval")

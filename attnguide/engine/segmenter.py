@@ -217,6 +217,11 @@ def balanced_class_weights(train_set: SegmentationSet, num_classes: int) -> torc
 # ---------------------------------------------------------------------- trainer
 
 
+def _widths(value: Any) -> int | tuple[int, ...] | None:
+    """Decoder channels as saved (an int, a list or tuple, or None), comparable."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 class SegmentTrainer(Loop):
     """Builds everything from a :class:`SegmentConfig`; :meth:`fit` trains (see the module doc)."""
 
@@ -273,7 +278,7 @@ class SegmentTrainer(Loop):
 
         # ---- model
         self.model = create_segmenter(cfg.arch, self.encoder, len(self.class_names),
-                                      None if self.resume_state else cfg.weights)
+                                      None if self.resume_state else cfg.weights, cfg.decoder_widths)
         multiple = self.spec.input_multiple(self.model)
         if cfg.crop_size % multiple:
             good = math.ceil(cfg.crop_size / multiple) * multiple
@@ -303,6 +308,10 @@ class SegmentTrainer(Loop):
         if (state["arch"], state.get("encoder")) != (cfg.arch, self.encoder):
             raise AttnGuideError(f"cannot resume from {where}: it is --arch {state['arch']} --encoder "
                                  f"{state.get('encoder')}, not {cfg.arch} {self.encoder}")
+        if _widths(state.get("decoder_channels")) != _widths(cfg.decoder_widths):
+            raise AttnGuideError(f"cannot resume from {where}: its decoder has channels "
+                                 f"{state.get('decoder_channels')}, not {cfg.decoder_widths} "
+                                 "(--decoder-channels); keep the setting or start a new --out")
         mode = (state.get("config") or {}).get("mode", "pseudo")
         if mode != cfg.mode:
             raise AttnGuideError(f"cannot resume from {where}: it was trained with --mode {mode}, not "
@@ -315,7 +324,8 @@ class SegmentTrainer(Loop):
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"kind": SEGMENTER, "total_steps": self.total_steps, "arch": self.cfg.arch,
-                "encoder": self.encoder, "class_names": self.class_names}
+                "encoder": self.encoder, "decoder_channels": self.cfg.decoder_widths,
+                "class_names": self.class_names}
 
     def write_config(self) -> None:
         save_config(self.cfg, self.run_dir / self.config_name)

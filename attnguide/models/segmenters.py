@@ -30,6 +30,7 @@ and the smp factory are one architecture family each and read best together.)
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import math
 import os
@@ -226,6 +227,7 @@ def create_segmenter(
     encoder: str | None,
     num_classes: int,
     encoder_weights_path: str | os.PathLike | None = None,
+    decoder_channels: int | tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Build a segmenter whose ``forward(x)`` gives ``(B, num_classes, H, W)`` logits.
 
@@ -242,12 +244,18 @@ def create_segmenter(
     timm model's state dict for ``tu-`` encoders. Keys the file lacks are
     warned about; a file that matches nothing is an error.
 
+    ``decoder_channels`` sets the width of an smp decoder, passed on as smp's
+    ``decoder_channels``: one number per decoder stage for ``unet`` /
+    ``unetplusplus`` / ``manet`` (smp's default ``(256, 128, 64, 32, 16)``), a single
+    number for ``deeplabv3`` / ``deeplabv3plus`` / ``pan`` / ``upernet``. None keeps
+    the architecture's default; an architecture without the setting is an error.
+
     Example:
         >>> model = create_segmenter("unet", "resnet18", num_classes=21)  # doctest: +SKIP
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise AttnGuideError(f"num_classes must be a positive int, got {num_classes!r}")
-    return segmenter_spec(arch).build(encoder, num_classes, encoder_weights_path)
+    return segmenter_spec(arch).build(encoder, num_classes, encoder_weights_path, decoder_channels)
 
 
 # ---------------------------------------------------------------------- the uniform contract
@@ -296,8 +304,9 @@ class SegmenterSpec:
         """The encoder a run uses: ``encoder``, else :attr:`default_encoder`."""
         return encoder or self.default_encoder
 
-    def build(self, encoder: str | None, num_classes: int,
-              weights: str | os.PathLike | None = None) -> nn.Module:  # pragma: no cover - abstract
+    def build(self, encoder: str | None, num_classes: int, weights: str | os.PathLike | None = None,
+              decoder_channels: int | tuple[int, ...] | None = None) -> nn.Module:  # pragma: no cover
+
         raise NotImplementedError
 
     def param_groups(self, model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -337,7 +346,10 @@ class DeepLabSpec(SegmenterSpec):
 
     default_encoder = None
 
-    def build(self, encoder, num_classes, weights=None):
+    def build(self, encoder, num_classes, weights=None, decoder_channels=None):
+        if decoder_channels is not None:
+            raise AttnGuideError(f"{DEEPLAB_ARCH} has a fixed decoder (fc6-fc8); drop decoder_channels "
+                                 "(--decoder-channels) or use an smp arch such as 'unet'")
         if encoder not in (None, "vgg16"):
             raise AttnGuideError(
                 f"{DEEPLAB_ARCH} has a fixed VGG16 encoder; pass encoder=None or 'vgg16', "
@@ -361,7 +373,7 @@ class DeepLabSpec(SegmenterSpec):
 class SmpSpec(SegmenterSpec):
     """An architecture of segmentation_models_pytorch (``unet``, ``deeplabv3plus``, ...)."""
 
-    def build(self, encoder, num_classes, weights=None):
+    def build(self, encoder, num_classes, weights=None, decoder_channels=None):
         arch = self.arch
         smp = _import_smp()
         if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
@@ -373,11 +385,26 @@ class SmpSpec(SegmenterSpec):
         if not encoder:
             raise AttnGuideError(f"arch {arch!r} needs an encoder, e.g. 'resnet34' or 'tu-resnet18'")
         _check_smp_encoder(smp, encoder)
+        width = {} if decoder_channels is None else {"decoder_channels": decoder_channels}
+        model_class = smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()]
+        if width and "decoder_channels" not in inspect.signature(model_class).parameters:
+            # smp passes unknown keywords on to the encoder, which may ignore them
+            raise AttnGuideError(
+                f"smp's {arch!r} has no decoder_channels setting; drop --decoder-channels (it applies to "
+                "unet, unetplusplus, manet, deeplabv3, deeplabv3plus, pan and upernet)")
         try:
             model = smp.create_model(
-                arch, encoder_name=encoder, encoder_weights=None, classes=num_classes
+                arch, encoder_name=encoder, encoder_weights=None, classes=num_classes, **width
             )
-        except (KeyError, ValueError, RuntimeError) as err:
+        except (TypeError, ValueError, AssertionError) as err:
+            if not width:
+                raise AttnGuideError(f"smp cannot build {arch!r} with encoder {encoder!r}: {err}") from err
+            raise AttnGuideError(
+                f"smp cannot build {arch!r} with decoder_channels {decoder_channels!r} ({err}): give one "
+                "width per decoder stage for unet, unetplusplus and manet (e.g. 64,32,16,8,4), one "
+                "number for deeplabv3, deeplabv3plus, pan and upernet"
+            ) from err
+        except (KeyError, RuntimeError) as err:
             raise AttnGuideError(f"smp cannot build {arch!r} with encoder {encoder!r}: {err}") from err
         if weights is not None:
             # tu- encoders wrap the timm model (features_only) in ``.model``, with timm's names

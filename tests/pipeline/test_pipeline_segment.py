@@ -202,6 +202,22 @@ def test_balanced_class_weights_and_label_smoothing_train(scenes, pseudo, tmp_pa
     assert np.isfinite(result.history[-1]["train_loss"])
 
 
+def test_decoder_channels_train_predict_and_resume(scenes, pseudo, tmp_path):
+    """A narrower decoder (--decoder-channels) is saved in the checkpoint: predict rebuilds it,
+    resume checks it."""
+    run = segment(_cfg(scenes, pseudo / "crf", tmp_path / "n", decoder_channels="32,16,8,8,4", val_split=""))
+    assert torch.load(run.run_dir / "last.pt", weights_only=False)["decoder_channels"] == (32, 16, 8, 8, 4)
+    seg = load_segmenter(run.run_dir)
+    assert seg.model.segmentation_head[0].in_channels == 4
+    written = predict(run.run_dir, tmp_path / "pred", data=str(scenes), split="val", device="cpu", quiet=True)
+    assert written and load_label_png(written[0]).max() < 6
+    with pytest.raises(AttnGuideError, match=r"decoder has channels \(32, 16, 8, 8, 4\), not None"):
+        SegmentTrainer(_cfg(scenes, pseudo / "crf", tmp_path / "n", resume=str(run.run_dir), val_split=""))
+    for bad in ("64,x", "0,4", ","):
+        with pytest.raises(AttnGuideError, match="--decoder-channels must be positive integers"):
+            _cfg(scenes, pseudo, tmp_path, decoder_channels=bad).validate()
+
+
 def test_bad_optimisation_options(scenes, pseudo, tmp_path):
     for kw, match in [({"optimizer": "adam"}, "--optimizer must be one of adamw, sgd"),
                       ({"class_weights": "inverse"}, "--class-weights must be one of none, balanced"),

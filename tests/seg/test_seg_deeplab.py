@@ -141,3 +141,25 @@ def test_missing_smp_names_the_extra(monkeypatch):
     with pytest.raises(AttnGuideError, match=r"pip install 'attnguide\[seg\]'"):
         create_segmenter("unet", "resnet18", 21)
     assert isinstance(create_segmenter("deeplab-largefov", None, 2), DeepLabLargeFOV)
+
+
+def test_decoder_channels_set_the_smp_decoder_width():
+    narrow = create_segmenter("unet", "resnet18", 5, decoder_channels=(64, 32, 16, 8, 4))
+    assert narrow.segmentation_head[0].in_channels == 4
+    assert sum(p.numel() for p in narrow.decoder.parameters()) < sum(
+        p.numel() for p in create_segmenter("unet", "resnet18", 5).decoder.parameters()) / 4
+    with torch.no_grad():
+        assert narrow.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)
+    assert create_segmenter("deeplabv3plus", "resnet18", 5, decoder_channels=64).segmentation_head[0].in_channels == 64
+
+
+@pytest.mark.parametrize("arch, widths, match", [
+    ("unet", (64, 32, 16, 8), r"decoder_channels \(64, 32, 16, 8\).*one width per decoder stage"),
+    ("unet", 64, "one width per decoder stage for unet"),
+    ("fpn", 64, "smp.s .fpn. has no decoder_channels setting"),
+    ("deeplabv3plus", (64, 32), "one number for deeplabv3"),
+    ("deeplab-largefov", 64, "fixed decoder"),
+])
+def test_decoder_channels_errors_name_the_setting(arch, widths, match):
+    with pytest.raises(AttnGuideError, match=match):
+        create_segmenter(arch, "resnet18" if arch != "deeplab-largefov" else None, 5, decoder_channels=widths)

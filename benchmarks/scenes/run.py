@@ -90,6 +90,9 @@ ROWS = {
                   {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "none"}),
     "auto10_bnerased": ("defaults, 10%, --freeze-bn erased (only the erased images frozen)",
                         {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "erased"}),
+    "auto10_bn_unbiased": ("defaults, 10%, --freeze-bn none, trained without the shortcut",
+                           {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "none",
+                            "train_split": "train_unbiased"}),
     "auto10_unbiased": ("defaults, 10%, trained without the shortcut",
                         {"guidance": "auto", "pixel_labels": "10%", "train_split": "train_unbiased"}),
     # Twice the epochs of the preset (the cue preset trains 15): does a longer run let the

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenes"))  # the lead's machinery
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results_page.py
 
-from run import pseudo_metrics, summarise, test_metrics, train_command, write_json  # noqa: E402
+from run import hold_folder, pseudo_metrics, summarise, test_metrics, train_command, write_json  # noqa: E402
 
 from attnguide.tasks.demo import CLASSIFIER as DEMO_CLASSIFIER  # noqa: E402
 from attnguide.tasks.demo import SCENES as DEMO_SCENES  # noqa: E402
@@ -157,6 +157,7 @@ def main(argv=None) -> None:
     p.add_argument("--table-only", action="store_true",
                    help="train nothing: the table of the (row, seed) runs already in OUT")
     args = p.parse_args(argv)
+    lock = hold_folder(args.out)  # noqa: F841 - held until the process exits
 
     from attnguide.data import make_scenes
 

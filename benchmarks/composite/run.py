@@ -231,6 +231,7 @@ def main(argv=None) -> None:
     p.add_argument("--note", default="", help="a sentence added under the table (what was left out and why)")
     args = p.parse_args(argv)
     common = {**COMMON, **scenes.parse_sets(args.set)}
+    lock = scenes.hold_folder(args.out)  # noqa: F841 - held until the process exits
     order = sorted(args.rows, key=lambda r: "steps_of" in ROWS[r][1])  # a step-taking row after its source
     t_start, load = time.time(), os.getloadavg()[0]
     found: dict[str, list[dict]] = {}

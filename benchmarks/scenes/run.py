@@ -165,6 +165,22 @@ SEGMENT_COLUMNS = [("segmenter_miou", "segmenter mIoU")]
 COST_COLUMNS = [("steps", "steps"), ("train_seconds", "training s")]  # every row reports its compute
 
 
+def hold_folder(out: Path):
+    """An exclusive lock on the driver's --out folder for this process's life (released when it
+    exits): a second call on the same folder would train into the same run folders at once.
+    Returns the open lock file (keep a reference)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / ".driver.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise SystemExit(f"another benchmark call is using {out}: wait for it to end, or pass "
+                         "another --out (two calls on one folder train into the same runs)") from None
+    return handle
+
+
 def parse_sets(items: list[str]) -> dict[str, str | bool]:
     """``--set key=value`` items -> options; ``true`` / ``false`` become booleans (flags)."""
     words = {"true": True, "false": False}
@@ -353,6 +369,7 @@ def main(argv=None) -> None:
     if TRUE_MASKS in args.rows and not args.segment:
         raise SystemExit(f"row {TRUE_MASKS} is a segmenter on the true masks: pass --segment")
     args.pseudo = args.pseudo or args.segment
+    lock = hold_folder(args.out)  # noqa: F841 - held until the process exits
     columns = COLUMNS + (PSEUDO_COLUMNS if args.pseudo else []) + (SEGMENT_COLUMNS if args.segment else [])
     for row in args.rows:
         ref = ROWS[row][1].get("steps_of")

@@ -85,3 +85,19 @@ def test_scenes_bench_failed_training_names_the_run_and_starts_no_more(tmp_path)
     assert proc.returncode != 0
     assert "training gain seed 0 failed; see" in proc.stderr  # guided rows start first
     assert not (out / "baseline-s0").exists()  # the queued job was cancelled
+
+
+def test_a_second_call_on_the_same_out_folder_is_refused(tmp_path):
+    """Two driver calls on one --out would train into the same run folders at once (an invalid
+    row came of it once): the second is refused while the first holds the folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scenes_bench_lock", DRIVER)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    held = bench.hold_folder(tmp_path / "out")
+    proc = subprocess.run([sys.executable, str(DRIVER), "--out", str(tmp_path / "out"), "--rows", "baseline"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "another benchmark call is using" in proc.stderr
+    held.close()  # released: a later call may use the folder
+    bench.hold_folder(tmp_path / "out").close()

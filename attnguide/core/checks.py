@@ -40,17 +40,26 @@ def check_arguments(model, *, am_score: str, layout: str | Callable, max_pairs_p
             raise AttnGuideError(f"{name} must be >= 0, got {value}")
 
 
-FREEZE_BN = ("all", "erased", "none")
+FREEZE_BN = ("auto", "all", "erased", "none")
 """``freeze_bn`` settings: which extra forwards of a step run BatchNorm in eval mode."""
 
+SWAP_TERMS = ("swap", "swap_attention", "box_swap", "box_swap_attention")
+"""Terms whose extra forwards are composed pictures (an object on another background)."""
 
-def resolve_freeze_bn(value: bool | str) -> str:
-    """``True`` -> ``"all"``, ``False`` -> ``"none"``; a `FREEZE_BN` word unchanged."""
+
+def resolve_freeze_bn(value: bool | str, swap: bool = False) -> str:
+    """``True`` -> ``"all"``, ``False`` -> ``"none"``; ``"auto"`` -> ``"none"`` when the step
+    has a background-swap term (``swap``: measured to move the classifier's reliance off the
+    background far more with BatchNorm in training mode, benchmarks/RESULTS.md, "Cue decoy:
+    equal steps" and "Composite"), else ``"all"`` (GAIN's erased images are out of
+    distribution); another `FREEZE_BN` word unchanged."""
     if isinstance(value, bool):
         return "all" if value else "none"
     if value not in FREEZE_BN:
         raise AttnGuideError(f"freeze_bn must be True, False or one of {', '.join(FREEZE_BN)}, "
                              f"not {value!r}")
+    if value == "auto":
+        return "none" if swap else "all"
     return value
 
 

@@ -135,7 +135,7 @@ def guide_kwargs(config: Mapping[str, Any], layer: str | None = None) -> dict[st
         "alpha": config.get("alpha", 1.0) if parts & {"self", "ext"} else 0.0,
         "omega": omega,
         "am_score": config.get("am_score", "auto"),
-        "freeze_bn": config.get("freeze_bn", "all"),
+        "freeze_bn": config.get("freeze_bn", "auto"),
         "max_pairs_per_image": config.get("max_pairs_per_image"),
         "detach_weights": config.get("detach_weights", False),
     }

@@ -31,6 +31,7 @@ from attnguide.core.annotations import Annotations
 from attnguide.core.cams import CAM_METHODS
 from attnguide.core.capture import LayerTarget
 from attnguide.core.checks import (
+    SWAP_TERMS,
     check_arguments,
     check_autograd,
     check_classes,
@@ -96,8 +97,10 @@ class GuidedAttention(nn.Module):
             (only images with regions blanked out: GAIN's erased images and the
             objects alone, which are out of distribution and whose statistics would
             pollute the running estimates; composed pictures, the background swap's
-            and the backgrounds alone, run in the model's own mode) or ``"none"``
-            (``False``).
+            and the backgrounds alone, run in the model's own mode), ``"none"``
+            (``False``), or ``"auto"`` (the default): ``"none"`` when a background-swap
+            term is on (measured to move reliance off the background far more), else
+            ``"all"``.
         isolate_batchnorm: in guided steps, train-mode BatchNorm layers *after*
             the target layer hold their batch statistics constant in backward
             (forward values and running statistics unchanged). Otherwise one
@@ -153,7 +156,7 @@ class GuidedAttention(nn.Module):
         alpha: float = 1.0,
         omega: float = 10.0,
         am_score: str = "auto",
-        freeze_bn: bool | str = True,
+        freeze_bn: bool | str = "auto",
         isolate_batchnorm: bool = True,
         max_pairs_per_image: int | None = None,
         detach_weights: bool = False,
@@ -176,7 +179,8 @@ class GuidedAttention(nn.Module):
         # the one representation of the terms: name -> (configured term, weight)
         self.terms: dict[str, tuple[Term, float]] = weighted_terms(
             {**shorthand, **(terms or {})}, {"score": am_score, "fill": float(fill)})
-        self.freeze_bn = resolve_freeze_bn(freeze_bn)
+        self.freeze_bn = resolve_freeze_bn(freeze_bn, swap=any(
+            name in SWAP_TERMS and weight for name, (_, weight) in self.terms.items()))
         self.isolate_batchnorm = isolate_batchnorm
         self.max_pairs_per_image = max_pairs_per_image
         self.detach_weights = detach_weights

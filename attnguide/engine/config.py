@@ -82,7 +82,7 @@ class TrainConfig(Options):
     mask_threshold: float = 0.5  # threshold of T(A) = sigmoid(sharpness * (A - threshold))
     mask_sharpness: float = 10.0  # sharpness of T(A) (the paper's other "omega")
     am_score: str = "auto"  # score in L_am: auto (sigmoid multi-label, softmax single), sigmoid, softmax, logit
-    freeze_bn: str = "all"  # which extra forwards of a guided step run BatchNorm in eval mode: all, erased (only images with regions blanked out: GAIN's erased images, the objects alone; the background swap's composed pictures run in training mode) or none
+    freeze_bn: str = "auto"  # which extra forwards of a guided step run BatchNorm in eval mode: all, erased (only images with regions blanked out: GAIN's erased images, the objects alone; the background swap's composed pictures run in training mode), none, or auto (none with a background swap, else all)
     detach_weights: bool = False  # no second-order gradient through the CAM weights (cheaper)
     max_pairs_per_image: int | None = None  # cap on (image, class) pairs per image (None = all)
     area_weight: float = 0.0  # weight of a penalty on the erased area (0 = off)
@@ -249,11 +249,14 @@ def resolve_auto(cfg: TrainConfig, has_masks: bool, kinds=()) -> str | None:
         note = f"--guidance auto: {cfg.guidance}"
     parts = guidance_parts(cfg.guidance)
     cfg.swap_source = resolve_swap_source(cfg.swap_source)
+    swap = bool(parts & {"swap", "box_swap"})
     if cfg.labelled_share is None:
-        cfg.labelled_share = AUTO_LABELLED_SHARE if parts & {"swap", "box_swap"} else 0.0
+        cfg.labelled_share = AUTO_LABELLED_SHARE if swap else 0.0
+    auto_bn = cfg.freeze_bn == "auto"
+    cfg.freeze_bn = resolve_freeze_bn(cfg.freeze_bn, swap)
     if note and "swap" in parts:
         note += (f" (swap source {cfg.swap_source}; at least {cfg.labelled_share:.0%} of every batch "
-                 "pixel-labelled)")
+                 "pixel-labelled" + (f"; --freeze-bn {cfg.freeze_bn}" if auto_bn else "") + ")")
     return note
 
 

@@ -101,7 +101,7 @@ def test_frozen_bn_keeps_running_stats_of_erased_pass_out():
 
 
 @pytest.mark.parametrize("freeze_bn, updates", [("all", 1), (True, 1), ("erased", 2), ("none", 3),
-                                                (False, 3)])
+                                                (False, 3), ("auto", 3)])
 def test_freeze_bn_chooses_which_extra_forwards_update_batchnorm(freeze_bn, updates):
     """Forwards: clean, GAIN's erased images, the swapped pictures. ``erased`` freezes only
     the erased images; the swapped pictures update the statistics as clean ones do."""
@@ -112,9 +112,22 @@ def test_freeze_bn_chooses_which_extra_forwards_update_batchnorm(freeze_bn, upda
     guide = GuidedAttention(model, layer="features", freeze_bn=freeze_bn, terms={"swap": 1.0})
     guide(images, labels, masks)
     assert int(model.stem[1].num_batches_tracked) == updates
-    assert guide.freeze_bn == {True: "all", False: "none"}.get(freeze_bn, freeze_bn)
-    with pytest.raises(AttnGuideError, match="freeze_bn must be True, False or one of all, erased, none"):
+    assert guide.freeze_bn == {True: "all", False: "none", "auto": "none"}.get(freeze_bn, freeze_bn)
+    with pytest.raises(AttnGuideError, match="freeze_bn must be True, False or one of auto, all, erased, none"):
         GuidedAttention(model, layer="features", freeze_bn="swap")
+
+
+def test_freeze_bn_auto_is_none_with_a_background_swap_and_all_without():
+    """The default: BatchNorm in training mode in every forward when a swap term is on (the
+    composed pictures are in distribution; measured to move reliance), GAIN's frozen BatchNorm
+    otherwise; a swap term at weight 0 does not count."""
+    model = TinyNet()
+    assert GuidedAttention(model, layer="features").freeze_bn == "all"
+    assert GuidedAttention(model, layer="features", omega=10.0).freeze_bn == "all"
+    for term in ("swap", "swap_attention", "box_swap", "box_swap_attention"):
+        assert GuidedAttention(model, layer="features", terms={term: 1.0}).freeze_bn == "none", term
+    assert GuidedAttention(model, layer="features", terms={"swap": 0.0}).freeze_bn == "all"
+    assert GuidedAttention(model, layer="features", freeze_bn="all", terms={"swap": 1.0}).freeze_bn == "all"
 
 
 def live_tensors():

@@ -148,5 +148,21 @@ def test_freeze_bn_words_and_the_booleans_of_older_runs(tmp_path):
     save_checkpoint({"kind": "classifier", "model_name": "resnet18", "config": base}, run / "last.pt")
     assert config_from_options({"resume": str(run)}).freeze_bn == "all"
     assert resolve_config({"freeze_bn": "erased"}).freeze_bn == "erased"
-    with pytest.raises(AttnGuideError, match="--freeze-bn must be one of all, erased, none, got 'swap'"):
+    with pytest.raises(AttnGuideError, match="--freeze-bn must be one of auto, all, erased, none, got 'swap'"):
         TrainConfig(data="d", freeze_bn="swap").validate()
+
+
+def test_freeze_bn_auto_resolves_with_the_guidance():
+    """--freeze-bn auto (the default) becomes none where the guidance swaps backgrounds
+    (--guidance auto with masks: ext+swap) and all elsewhere; the run's config records the word."""
+    from attnguide.engine.config import resolve_auto
+
+    cfg = TrainConfig(data="d", guidance="auto")
+    note = resolve_auto(cfg, has_masks=True)
+    assert (cfg.guidance, cfg.freeze_bn) == ("ext+swap", "none") and "--freeze-bn none" in note
+    for guidance, word in (("self", "all"), ("ext", "all"), ("swap", "none"), ("self+energy+box_swap", "none")):
+        cfg = TrainConfig(data="d", guidance=guidance)
+        resolve_auto(cfg, has_masks=True)
+        assert cfg.freeze_bn == word, guidance
+    cfg = TrainConfig(data="d", guidance="auto", freeze_bn="all")
+    assert "--freeze-bn" not in resolve_auto(cfg, has_masks=True) and cfg.freeze_bn == "all"

@@ -37,7 +37,7 @@ def tiny(tmp_path_factory):
     text = io.StringIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = demo.run_demo(out, seed=3, quiet=True, console=Console(file=text, width=200), workers=1)
+        result = demo.run_demo(out, seed=3, quiet=True, console=Console(file=text, width=200))
     yield out, result, text.getvalue(), mp
     torch.set_num_threads(threads)
     mp.undo()
@@ -119,7 +119,7 @@ def test_rerun_resumes_and_a_missing_result_is_redone(tiny):
     (out / "runs" / "seg_gt" / "test_miou.json").unlink()  # as if killed before that score
     mtime = (out / "runs" / "seg_guided" / "last.pt").stat().st_mtime_ns
     text = io.StringIO()
-    again = demo.run_demo(out, seed=3, quiet=True, console=Console(file=text, width=200), workers=1)
+    again = demo.run_demo(out, seed=3, quiet=True, console=Console(file=text, width=200))
     log = text.getvalue()
     assert log.count("found done") == len(demo.STAGES) - 2  # all but the redone score and the report
     assert (out / "runs" / "seg_guided" / "last.pt").stat().st_mtime_ns == mtime
@@ -138,51 +138,12 @@ def test_cli_prints_the_verdict_and_the_table(tiny):
     def other() -> None:  # a second command, so that typer keeps the command names
         pass
 
-    result = CliRunner().invoke(app, ["demo", str(out), "--seed", "3", "--quiet", "--workers", "1"])
+    result = CliRunner().invoke(app, ["demo", str(out), "--seed", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "Guided (the defaults" in result.output and "| true masks (upper bound)" in result.output
     assert "seed 3" in result.output and "report:" in result.output
 
 
-def test_bad_scale_and_workers(tmp_path):
+def test_bad_scale(tmp_path):
     with pytest.raises(AttnGuideError, match="--scale must be > 0"):
         demo.run_demo(tmp_path / "d", scale=0)
-    with pytest.raises(AttnGuideError, match="--workers must be at least 1"):
-        demo.run_demo(tmp_path / "d", workers=0)
-
-
-def test_planned_steps_are_the_steps_the_guided_run_took(tiny):
-    """The unguided run is given its budget before the guided run trains: planned_steps must
-    count what the engine then does (labelled images recurring in every guided batch)."""
-    from attnguide.engine.trainer import planned_steps
-
-    out = tiny[0]
-    options = demo._classifier_options("guided", out / "scenes", out, 1.0, 3, True, None, TINY_CLASSIFIER)
-    config = demo._train_config(options)
-    taken = json.loads((out / "runs" / "guided" / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-    assert planned_steps(config) == taken
-    assert config.guidance == "auto"  # planned on a copy: the caller's options stay as given
-    unguided = demo._train_config({**options, "guidance": "none", "pixel_labels": None})
-    assert planned_steps(unguided) < taken  # a plain epoch has fewer batches
-    assert planned_steps(demo._train_config({**options, "steps": 7})) == 7
-
-
-def test_two_workers_give_the_same_numbers_as_one(tiny, tmp_path, monkeypatch):
-    """The stages in two worker processes (one thread each, as the fixture's one thread): the
-    same results.json, bit for bit, and a stage line for every stage."""
-    out = tiny[0]
-    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)  # one thread a worker, on any machine
-    text = io.StringIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = demo.run_demo(tmp_path / "demo", seed=3, quiet=True, workers=2,
-                               console=Console(file=text, width=200))
-    def numbers(folder):  # every number but the training seconds (wall time)
-        rows = json.loads((folder / "results.json").read_text())
-        return {name: {k: v for k, v in row.items() if k != "train_seconds"} for name, row in rows.items()}
-
-    assert numbers(tmp_path / "demo") == numbers(out)
-    log = text.getvalue()
-    for i, stage in enumerate(demo.STAGES, 1):
-        assert f"{i}/{len(demo.STAGES)} {stage}" in log and f"    {stage}: done in" in log
-    assert "2 stages at a time" in result.report.read_text()

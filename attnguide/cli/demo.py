@@ -23,13 +23,10 @@ def register(app: typer.Typer) -> None:
         fresh: bool = typer.Option(False, "--fresh", help="delete OUT first instead of continuing"),
         seed: int = typer.Option(0, help="seed of the scenes, the classifiers and the segmenters"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars or tables of the steps (the stage lines stay)"),
-        workers: int = typer.Option(None, help="stages run side by side in this many processes, each with "
-                                    "its share of the cores (default 2, 1 on a one-core machine); with 1 "
-                                    "they run one after another in this process, with their own output"),
     ) -> None:
         """Run the method end to end on the built-in biased scenes and write OUT/report.md."""
         console = Console()
-        result = run_demo(out, scale=scale, crf=crf, fresh=fresh, seed=seed, quiet=quiet, workers=workers)
+        result = run_demo(out, scale=scale, crf=crf, fresh=fresh, seed=seed, quiet=quiet)
         paragraphs = result.report.read_text().split("\n\n")
         # the verdict, the wall time and seed, and the table
         console.print("\n\n".join(paragraphs[1:3] + paragraphs[4:5]), soft_wrap=True, markup=False)

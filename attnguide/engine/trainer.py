@@ -36,7 +36,6 @@ Evaluation (rank 0):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from typing import Any
 
@@ -151,28 +150,6 @@ def resolve_annotations(cfg: TrainConfig, train_ds) -> str | None:
     return note
 
 
-def train_sampler(cfg: TrainConfig, train_ds, rank: int = 0, world_size: int = 1) -> EpochBatchSampler:
-    """The batches of a run's epochs: ``--labelled-share`` of every batch from the labelled
-    images when the guidance uses annotations (``cfg`` resolved by :func:`resolve_annotations`)."""
-    local_batch = cfg.batch_size // world_size
-    per_batch = round(cfg.labelled_share * local_batch) if uses_annotations(cfg.guidance) else 0
-    return EpochBatchSampler(len(train_ds), local_batch, cfg.seed, rank, world_size,
-                             labelled=train_ds.pixel_labelled, labelled_per_batch=per_batch)
-
-
-def planned_steps(cfg: TrainConfig) -> int:
-    """The optimizer steps ``attnguide train`` with ``cfg`` will take (one process), without
-    training: ``--steps``, else the epochs times the batches an epoch of its sampler has (the
-    labelled images recur in a guided run's batches, so its epochs have more steps). Lets a
-    baseline be given a guided run's steps before that run has trained."""
-    cfg = dataclasses.replace(cfg).validate()  # a copy: resolve_annotations settles its guidance
-    if cfg.steps is not None:
-        return cfg.steps
-    train_ds, _ = open_splits(dataclasses.replace(cfg, val_split=""))
-    resolve_annotations(cfg, train_ds)
-    return cfg.epochs * train_sampler(cfg, train_ds).batches_per_epoch()
-
-
 def _mask_words(ds, cfg: TrainConfig) -> str:
     """What the training split offers L_e: "has pixel masks", "has no pixel masks", or
     "has 12 masks of which --pixel-labels 0 selects none"."""
@@ -220,7 +197,10 @@ class Trainer(Loop):
                 f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
                 f"{self.dist.world_size} processes")
         self.local_batch = cfg.batch_size // self.dist.world_size
-        self.sampler = train_sampler(cfg, self.train_ds, self.dist.rank, self.dist.world_size)
+        per_batch = round(cfg.labelled_share * self.local_batch) if uses_annotations(cfg.guidance) else 0
+        self.sampler = EpochBatchSampler(len(self.train_ds), self.local_batch, cfg.seed,
+                                         self.dist.rank, self.dist.world_size,
+                                         labelled=self.train_ds.pixel_labelled, labelled_per_batch=per_batch)
         self.loader = make_loader(self.train_ds, self.sampler, cfg.seed, cfg.workers,
                                   pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch()

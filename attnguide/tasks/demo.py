@@ -17,27 +17,16 @@ It runs the library's defaults (``--guidance auto``), as a user gets them:
    the seed, and the pictures when matplotlib is there; ``OUT/results.json`` holds one
    entry per row (``unguided``, ``guided``, ``true masks``).
 
-The stages run side by side in ``workers`` processes (default 2), each with its share
-of the cores: on a small CPU two one-thread processes do about 1.4x the work of one
-two-thread process. The unguided classifier does not wait for the guided one: its step
-budget is planned from the guided run's sampler (`planned_steps`) and checked against
-the steps the guided run took. ``workers=1`` runs the stages one after another in this
-process, with its progress bars and tables unless ``quiet``.
-
-Each stage prints a line when it starts and when it ends, with an estimate of the time
-left. Each step skips work whose results exist, so a killed demo continues where it
-stopped; ``--fresh`` starts over.
+Each stage prints its progress and an estimate of the time left. Each step skips
+work whose results exist, so a killed demo continues where it stopped; ``--fresh``
+starts over.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import shutil
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +36,7 @@ from rich.console import Console
 
 from attnguide.data import make_scenes, open_dataset
 from attnguide.engine.config import TrainConfig
-from attnguide.engine.trainer import evaluate, planned_steps
+from attnguide.engine.trainer import evaluate
 from attnguide.errors import AttnGuideError
 from attnguide.models.trained import load_model
 from attnguide.tasks.evaluate import evaluate_predictions
@@ -93,37 +82,31 @@ class DemoResult:
 
 
 class Progress:
-    """A line when a stage starts and one when it ends, with its time and an estimate of the
-    time left: the stages' measured seconds, scaled by how fast this machine did the ones it
-    ran, less what the running ones have done, shared among the workers."""
+    """One line per stage: its number, name and time, and an estimate of the time left
+    (the stages' measured seconds, scaled by how fast this machine did the ones it ran)."""
 
-    def __init__(self, say, workers: int = 1) -> None:
-        self.say, self.names, self.workers = say, list(STAGES), max(1, workers)
+    def __init__(self, say) -> None:
+        self.say, self.names = say, list(STAGES)
         self.ran_expected = self.ran_seconds = 0.0
-        self.started: dict[str, float] = {}
-        self.finished: set[str] = set()
+        self.t = time.perf_counter()
 
     def start(self, name: str, detail: str = "") -> None:
         i = self.names.index(name)
         self.say(f"[bold]{i + 1}/{len(self.names)}[/bold] {name}{': ' + detail if detail else ''}")
-        self.started[name] = time.perf_counter()
+        self.t = time.perf_counter()
 
     def done(self, name: str, skipped: bool = False) -> None:
-        now = time.perf_counter()
-        seconds = now - self.started.pop(name, now)
-        self.finished.add(name)
+        seconds = time.perf_counter() - self.t
         if not skipped:
             self.ran_expected += STAGES[name]
             self.ran_seconds += seconds
         # this machine's speed against the measured demo, starting from 1 (a prior of PRIOR_S
         # seconds), so that one short stage does not swing the estimate
         rate = (self.ran_seconds + PRIOR_S) / (self.ran_expected + PRIOR_S)
-        later = [n for n in self.names if n not in self.finished]
-        work = sum(max(0.0, rate * STAGES[n] - (now - self.started[n] if n in self.started else 0.0))
-                   for n in later)
-        left = work / min(self.workers, max(1, len(later)))
-        self.say(f"    {name}: {'found done' if skipped else f'done in {seconds:.0f} s'}; "
-                 f"about {_duration(left)} left" if later else f"    {name}: done in {seconds:.0f} s")
+        later = self.names[self.names.index(name) + 1:]
+        left = rate * sum(STAGES[n] for n in later)
+        self.say(f"    {'found done' if skipped else f'done in {seconds:.0f} s'}; "
+                 f"about {_duration(left)} left" if later else f"    done in {seconds:.0f} s")
 
 
 def _duration(seconds: float) -> str:
@@ -131,7 +114,7 @@ def _duration(seconds: float) -> str:
 
 
 def _epochs(scale: float) -> int:
-    return _epochs_of(CLASSIFIER, scale)
+    return max(2, round(CLASSIFIER["epochs"] * scale))
 
 
 def _last_record(run: Path) -> dict[str, Any]:
@@ -148,38 +131,18 @@ def _trained(run: Path, epochs: int, steps: int | None) -> bool:
     return last.get("epoch", 0) >= epochs
 
 
-# ---------------------------------------------------------------------- the stages' jobs
-# Module-level functions of plain arguments, so that a worker process can run them: every
-# setting arrives as an argument (nothing is read from this module's globals in a worker).
-
-
-def _classifier_options(name: str, data: Path, out: Path, scale: float, seed: int, quiet: bool,
-                        steps: int | None, classifier: dict[str, Any]) -> dict[str, Any]:
-    return {**classifier, **RUNS[name], "epochs": _epochs_of(classifier, scale), "steps": steps,
-            "data": str(data), "out": str(out / "runs" / name), "quiet": quiet, "overwrite": True,
-            "seed": seed}
-
-
-def _epochs_of(classifier: dict[str, Any], scale: float) -> int:
-    return max(2, round(classifier["epochs"] * scale))
-
-
-def _train_config(options: dict[str, Any]) -> TrainConfig:
+def _train(name: str, data: Path, out: Path, scale: float, seed: int, quiet: bool,
+           steps: int | None = None) -> tuple[Path, bool]:
+    """The run folder of classifier ``name`` (``steps``: its optimizer-step budget) and
+    whether it was found done."""
+    run = out / "runs" / name
+    if _trained(run, _epochs(scale), steps):
+        return run, True
+    options = {**CLASSIFIER, **RUNS[name], "epochs": _epochs(scale), "steps": steps,
+               "data": str(data), "out": str(run), "quiet": quiet, "overwrite": True, "seed": seed}
     known = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in options.items() if k in known})
-
-
-def _classifier_job(options: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Train classifier ``options`` (unless done): its test metrics, steps and training seconds,
-    and whether it was found done."""
-    run, data = Path(options["out"]), Path(options["data"])
-    skipped = _trained(run, options["epochs"], options["steps"])
-    if not skipped:
-        train(_train_config(options))
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    row = {**_test_metrics(run, data), "steps": history[-1]["step"],
-           "train_seconds": sum(r.get("time", 0.0) for r in history)}
-    return row, skipped
+    train(TrainConfig(**{k: v for k, v in options.items() if k in known}))
+    return run, False
 
 
 def _test_metrics(run: Path, data: Path) -> dict[str, Any]:
@@ -189,93 +152,27 @@ def _test_metrics(run: Path, data: Path) -> dict[str, Any]:
     return {k.replace("val_", "test_"): v for k, v in metrics.items()}
 
 
-def _pseudo_job(run: Path, data: Path, out: Path, crf: bool, quiet: bool,
-                scales: tuple[float, ...]) -> tuple[dict[str, Any], bool]:
+def _pseudo(run: Path, data: Path, out: Path, crf: bool, quiet: bool):
     cfg = PseudoLabelConfig(run=str(run / "last.pt"), data=str(data), split="train", out=str(out),
-                            scales=scales, crf=crf, resume=True, device="cpu", quiet=quiet)
-    res = pseudo_label(cfg)
-    return ({"pseudo_miou": res.metrics.miou if res.metrics else None,
-             "pseudo_miou_crf": res.crf_metrics.miou if res.crf_metrics else None}, res.written == 0)
+                            scales=PSEUDO_SCALES, crf=crf, resume=True, device="cpu", quiet=quiet)
+    return pseudo_label(cfg)
 
 
-def _segment_job(data: Path, labels: str, out: Path, segmenter: dict[str, Any], seed: int,
-                 quiet: bool) -> tuple[dict[str, Any], bool]:
-    """Test mIoU of a segmenter trained on ``labels`` (a folder or "gt"), and whether it was
-    found done."""
+def _segment(data: Path, labels: str, out: Path, scale: float, seed: int, quiet: bool) -> tuple[float, bool]:
+    """Test mIoU of a segmenter trained on ``labels`` (a folder or "gt"), and whether it was found done."""
     score = out / "test_miou.json"
     if score.exists():
-        return {"segmenter_miou": json.loads(score.read_text())["miou"]}, True
+        return json.loads(score.read_text())["miou"], True
+    epochs = max(2, round(SEGMENTER["epochs"] * scale))
     resume = str(out) if (out / "last.pt").exists() else None  # a killed run continues
     segment(SegmentConfig(data=str(data), labels=labels, out=str(out), val_split="", device="cpu",
-                          quiet=quiet, seed=seed, resume=resume, overwrite=resume is None, **segmenter))
+                          quiet=quiet, seed=seed, resume=resume, overwrite=resume is None,
+                          **{**SEGMENTER, "epochs": epochs}))
     pred = out / "test_predictions"
     predict(out / "last.pt", pred, data=str(data), split="test", device="cpu", quiet=True)
     miou = evaluate_predictions(pred, data=str(data), split="test").miou
     score.write_text(json.dumps({"miou": miou}))
-    return {"segmenter_miou": miou}, False
-
-
-@dataclass
-class Job:
-    """One stage: its name in :data:`STAGES`, the row its numbers go to, what it runs, and the
-    stages it needs done first."""
-
-    stage: str
-    row: str
-    run: Callable[..., tuple[dict[str, Any], bool]]
-    args: tuple
-    needs: tuple[str, ...] = ()
-    detail: str = ""
-
-
-def _one_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def run_jobs(jobs: list[Job], workers: int, progress: Progress, finished: Callable[[Job, Any], None]) -> None:
-    """Run ``jobs`` (in :data:`STAGES` order), each once the stages it needs are done: one after
-    another in this process (``workers`` 1), or up to ``workers`` at a time in processes of
-    their own, each with its share of the cores. ``finished(job, result)`` gets each result;
-    the first job that fails raises here (the jobs running then are left to end)."""
-    pending, done = list(jobs), set()
-
-    def next_ready() -> Job | None:
-        job = next((j for j in pending if set(j.needs) <= done), None)
-        if job is not None:
-            pending.remove(job)
-            progress.start(job.stage, job.detail)
-        return job
-
-    def close(job: Job, result: tuple[dict[str, Any], bool]) -> None:
-        finished(job, result[0])
-        done.add(job.stage)
-        progress.done(job.stage, skipped=result[1])
-
-    if workers <= 1:
-        while (job := next_ready()) is not None:
-            close(job, job.run(*job.args))
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    spawn = multiprocessing.get_context("spawn")  # no fork of a process whose torch threads run
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_worker, initargs=(threads,)) as pool:
-        running: dict[Any, Job] = {}
-        while pending or running:
-            while len(running) < workers and (job := next_ready()) is not None:
-                running[pool.submit(job.run, *job.args)] = job
-            ended, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in ended:
-                job = running.pop(future)
-                try:
-                    result = future.result()
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                close(job, result)
-
-
-def default_workers() -> int:
-    """Two stages at a time where there are two cores or more, else one."""
-    return min(2, os.cpu_count() or 1)
+    return miou, False
 
 
 def _pictures(out: Path, data: Path, runs: dict[str, Path]) -> list[tuple[str, str]]:
@@ -301,23 +198,18 @@ def _pictures(out: Path, data: Path, runs: dict[str, Path]) -> list[tuple[str, s
 
 
 def run_demo(out: str | Path = "demo", *, scale: float = 1.0, crf: bool = True, fresh: bool = False,
-             seed: int = 0, quiet: bool = False, console=None, workers: int | None = None) -> DemoResult:
+             seed: int = 0, quiet: bool = False, console=None) -> DemoResult:
     """Run the demo into ``out`` and write ``out/report.md`` and ``out/results.json``; see
     the module doc. ``seed`` seeds the scenes, the classifiers and the segmenters; ``quiet``
-    silences the steps' progress bars and tables (the stage lines go to ``console``; with
-    more than one worker the steps are always quiet, as their output would interleave);
-    ``workers``: processes running stages side by side (default :func:`default_workers`)."""
+    silences the steps' progress bars and tables (the stage lines go to ``console``)."""
     if not scale > 0:
         raise AttnGuideError(f"--scale must be > 0, got {scale}")
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise AttnGuideError(f"--workers must be at least 1, got {workers}")
     console = console or Console(stderr=True)
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     start = time.perf_counter()
-    progress = Progress(console.print, workers)  # the stage lines
+    progress = Progress(console.print)  # the stage lines; quiet silences the steps' own output
     n = {k: (max(8, round(v * scale)) if k.startswith("n_") else v) for k, v in SCENES.items()}
     progress.start("scenes", f"{n['n_train']} train, {n['n_val']} val, {n['n_test']} test images "
                    f"of {n['image_size']} px, seed {seed}")
@@ -325,39 +217,41 @@ def run_demo(out: str | Path = "demo", *, scale: float = 1.0, crf: bool = True, 
     data = make_scenes(out / "scenes", **n, seed=seed)
     progress.done("scenes", skipped=found)
 
-    quiet = quiet or workers > 1
-    guided = _classifier_options("guided", data, out, scale, seed, quiet, None, CLASSIFIER)
-    steps = planned_steps(_train_config(guided))  # equal compute: the unguided run's budget
-    runs = {name: out / "runs" / name for name in RUNS}
-    jobs = []
+    rows: dict[str, dict[str, Any]] = {"unguided": {}, "guided": {}}
+    runs = {}
+    steps = None  # the unguided run's budget: the guided run's optimizer steps
     for name, options in RUNS.items():
-        budget = f"{steps} steps (the guided run's)" if name == "unguided" else f"{_epochs(scale)} epochs"
-        jobs.append(Job(f"classifier {name}", name, _classifier_job,
-                        (guided if name == "guided" else
-                         _classifier_options(name, data, out, scale, seed, quiet, steps, CLASSIFIER),),
-                        detail=f"{CLASSIFIER['model']}, --guidance {options['guidance']}"
-                        + (f", {options['pixel_labels']} masks" if "pixel_labels" in options else "")
-                        + f", {budget}"))
-    for name in ("unguided", "guided"):  # the order of STAGES
-        jobs.append(Job(f"pseudo labels {name}", name, _pseudo_job,
-                        (runs[name], data, out / "pseudo" / name, crf, quiet, PSEUDO_SCALES),
-                        needs=(f"classifier {name}",),
-                        detail="CAMs of the training images" + (" + dense CRF" if crf else "")))
-    segmenter = {**SEGMENTER, "epochs": max(2, round(SEGMENTER["epochs"] * scale))}
-    for row, stage, labels in (("unguided", "segmenter on unguided pseudo labels", "unguided"),
-                               ("guided", "segmenter on guided pseudo labels", "guided"),
-                               (TRUE_MASKS, "segmenter on the true masks", "gt")):
-        folder = "gt" if labels == "gt" else str(out / "pseudo" / labels / ("crf" if crf else ""))
-        jobs.append(Job(stage, row, _segment_job,
-                        (data, folder, out / "runs" / f"seg_{labels}", segmenter, seed, quiet),
-                        needs=() if labels == "gt" else (f"pseudo labels {labels}",),
-                        detail=f"{SEGMENTER['arch']}/{SEGMENTER['encoder']} from scratch, segment's defaults"))
+        stage = f"classifier {name}"
+        budget = f"{steps} steps (the guided run's)" if steps else f"{_epochs(scale)} epochs"
+        progress.start(stage, f"{CLASSIFIER['model']}, --guidance {options['guidance']}"
+                       + (f", {options['pixel_labels']} masks"
+                          if "pixel_labels" in options else "") + f", {budget}")
+        runs[name], skipped = _train(name, data, out, scale, seed, quiet, steps=steps)
+        history = [json.loads(line) for line in (runs[name] / "metrics.jsonl").read_text().splitlines()]
+        rows[name] = {**_test_metrics(runs[name], data), "steps": history[-1]["step"],
+                      "train_seconds": sum(r.get("time", 0.0) for r in history)}
+        steps = history[-1]["step"]
+        progress.done(stage, skipped)
 
-    rows: dict[str, dict[str, Any]] = {"unguided": {}, "guided": {}, TRUE_MASKS: {}}
-    run_jobs(jobs, workers, progress, lambda job, numbers: rows[job.row].update(numbers))
-    if rows["guided"]["steps"] != steps:  # planned_steps must agree with the engine
-        raise AttnGuideError(f"the guided classifier took {rows['guided']['steps']} steps where "
-                             f"{steps} were planned for the unguided one; delete {out} and rerun")
+    for name in ("unguided", "guided"):  # the order of STAGES
+        run = runs[name]
+        stage = f"pseudo labels {name}"
+        progress.start(stage, "CAMs of the training images" + (" + dense CRF" if crf else ""))
+        res = _pseudo(run, data, out / "pseudo" / name, crf, quiet)
+        rows[name]["pseudo_miou"] = res.metrics.miou if res.metrics else None
+        rows[name]["pseudo_miou_crf"] = res.crf_metrics.miou if res.crf_metrics else None
+        progress.done(stage, skipped=res.written == 0)
+
+    rows[TRUE_MASKS] = {}
+    sources = {"unguided": ("segmenter on unguided pseudo labels", "unguided"),
+               "guided": ("segmenter on guided pseudo labels", "guided"),
+               TRUE_MASKS: ("segmenter on the true masks", "gt")}
+    for row, (stage, labels) in sources.items():
+        progress.start(stage, f"{SEGMENTER['arch']}/{SEGMENTER['encoder']} from scratch, segment's defaults")
+        folder = "gt" if labels == "gt" else str(out / "pseudo" / labels / ("crf" if crf else ""))
+        miou, skipped = _segment(data, folder, out / "runs" / f"seg_{labels}", scale, seed, quiet)
+        rows[row]["segmenter_miou"] = miou
+        progress.done(stage, skipped)
 
     progress.start("report")
     pictures = _pictures(out, data, runs)
@@ -366,7 +260,7 @@ def run_demo(out: str | Path = "demo", *, scale: float = 1.0, crf: bool = True, 
         for key in KEYS:
             row.setdefault(key, None)
     report = out / "report.md"
-    report.write_text(_report(rows, pictures, seconds, crf, seed, scale, workers))
+    report.write_text(_report(rows, pictures, seconds, crf, seed, scale))
     (out / "results.json").write_text(json.dumps(rows, indent=2, default=float))
     progress.done("report")
     return DemoResult(out, report, rows, seconds)
@@ -411,14 +305,13 @@ def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _report(rows: dict[str, dict[str, Any]], pictures, seconds: float, crf: bool, seed: int,
-            scale: float, workers: int = 1) -> str:
+            scale: float) -> str:
     names = {"unguided": "unguided classifier (`--guidance none`, the guided run's steps)",
              "guided": "guided: the defaults (`--guidance auto`), 10 % pixel masks",
              TRUE_MASKS: "true masks (upper bound)"}
     lines = ["# attnguide demo: guided attention on biased scenes", "", *verdict(rows), "",
              f"Made by `attnguide demo` in {seconds / 60:.1f} minutes (wall time, seed {seed}"
-             + (f", --scale {scale:g}" if scale != 1 else "")
-             + (f", {workers} stages at a time" if workers > 1 else "") + ").", "",
+             + (f", --scale {scale:g}" if scale != 1 else "") + ").", "",
              "Scenes where water goes with boats in training but not at test. Two classifiers "
              f"({CLASSIFIER['model']}, {CLASSIFIER['image_size']} px) trained alike with the library's "
              f"defaults: one with `--guidance auto` for {_epochs(scale)} epochs (what a user gets: "

@@ -88,6 +88,9 @@ ROWS = {
                               "swap_weight": 2}),
     "auto10_bn": ("defaults, 10%, --freeze-bn none (BatchNorm in training mode in every extra forward)",
                   {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "none"}),
+    # --guidance auto as it was before 2026-12-07 (--freeze-bn auto is now none with the swap)
+    "auto10_bnall": ("defaults before 2026-12-07, 10% (--freeze-bn all)",
+                     {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "all"}),
     "auto10_bnerased": ("defaults, 10%, --freeze-bn erased (only the erased images frozen)",
                         {"guidance": "auto", "pixel_labels": "10%", "freeze_bn": "erased"}),
     "auto10_bn_unbiased": ("defaults, 10%, --freeze-bn none, trained without the shortcut",

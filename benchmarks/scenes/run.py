@@ -168,20 +168,21 @@ SEGMENT_COLUMNS = [("segmenter_miou", "segmenter mIoU")]
 COST_COLUMNS = [("steps", "steps"), ("train_seconds", "training s")]  # every row reports its compute
 
 
-def hold_folder(out: Path):
-    """An exclusive lock on the driver's --out folder for this process's life (released when it
-    exits): a second call on the same folder would train into the same run folders at once.
-    Returns the open lock file (keep a reference)."""
+def hold_folder(out: Path) -> int:
+    """An exclusive lock on the driver's --out folder itself (no file is added to it) for this
+    process's life: a second call on the same folder would train into the same run folders at
+    once. Returns the folder's open descriptor; the lock goes with ``os.close`` or the exit."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
-    handle = (out / ".driver.lock").open("w")
+    fd = os.open(out, os.O_RDONLY)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        os.close(fd)
         raise SystemExit(f"another benchmark call is using {out}: wait for it to end, or pass "
                          "another --out (two calls on one folder train into the same runs)") from None
-    return handle
+    return fd
 
 
 def parse_sets(items: list[str]) -> dict[str, str | bool]:

@@ -4,6 +4,7 @@ columns, the table's seeds column, and reuse of finished runs by a second call."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,5 +100,6 @@ def test_a_second_call_on_the_same_out_folder_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(DRIVER), "--out", str(tmp_path / "out"), "--rows", "baseline"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode != 0 and "another benchmark call is using" in proc.stderr
-    held.close()  # released: a later call may use the folder
-    bench.hold_folder(tmp_path / "out").close()
+    assert list((tmp_path / "out").iterdir()) == []  # the lock adds no file to the folder
+    os.close(held)  # released: a later call may use the folder
+    os.close(bench.hold_folder(tmp_path / "out"))

@@ -217,11 +217,6 @@ def balanced_class_weights(train_set: SegmentationSet, num_classes: int) -> torc
 # ---------------------------------------------------------------------- trainer
 
 
-def _widths(value: Any) -> int | tuple[int, ...] | None:
-    """Decoder channels as saved (an int, a list or tuple, or None), comparable."""
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
 class SegmentTrainer(Loop):
     """Builds everything from a :class:`SegmentConfig`; :meth:`fit` trains (see the module doc)."""
 
@@ -308,7 +303,7 @@ class SegmentTrainer(Loop):
         if (state["arch"], state.get("encoder")) != (cfg.arch, self.encoder):
             raise AttnGuideError(f"cannot resume from {where}: it is --arch {state['arch']} --encoder "
                                  f"{state.get('encoder')}, not {cfg.arch} {self.encoder}")
-        if _widths(state.get("decoder_channels")) != _widths(cfg.decoder_widths):
+        if state.get("decoder_channels") != cfg.decoder_widths:  # the checkpoint keeps the tuple
             raise AttnGuideError(f"cannot resume from {where}: its decoder has channels "
                                  f"{state.get('decoder_channels')}, not {cfg.decoder_widths} "
                                  "(--decoder-channels); keep the setting or start a new --out")

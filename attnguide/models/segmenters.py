@@ -306,7 +306,6 @@ class SegmenterSpec:
 
     def build(self, encoder: str | None, num_classes: int, weights: str | os.PathLike | None = None,
               decoder_channels: int | tuple[int, ...] | None = None) -> nn.Module:  # pragma: no cover
-
         raise NotImplementedError
 
     def param_groups(self, model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -396,15 +395,12 @@ class SmpSpec(SegmenterSpec):
             model = smp.create_model(
                 arch, encoder_name=encoder, encoder_weights=None, classes=num_classes, **width
             )
-        except (TypeError, ValueError, AssertionError) as err:
-            if not width:
-                raise AttnGuideError(f"smp cannot build {arch!r} with encoder {encoder!r}: {err}") from err
-            raise AttnGuideError(
-                f"smp cannot build {arch!r} with decoder_channels {decoder_channels!r} ({err}): give one "
-                "width per decoder stage for unet, unetplusplus and manet (e.g. 64,32,16,8,4), one "
-                "number for deeplabv3, deeplabv3plus, pan and upernet"
-            ) from err
-        except (KeyError, RuntimeError) as err:
+        except (KeyError, ValueError, RuntimeError, TypeError, AssertionError) as err:
+            if width:
+                raise AttnGuideError(
+                    f"smp cannot build {arch!r} with decoder_channels {decoder_channels!r} ({err}): give "
+                    "one width per decoder stage for unet, unetplusplus and manet (e.g. 64,32,16,8,4), "
+                    "one number for deeplabv3, deeplabv3plus, pan and upernet") from err
             raise AttnGuideError(f"smp cannot build {arch!r} with encoder {encoder!r}: {err}") from err
         if weights is not None:
             # tu- encoders wrap the timm model (features_only) in ``.model``, with timm's names

@@ -119,9 +119,8 @@ def load_segmenter(run: str | Path, device: str | torch.device = "cpu", prefer: 
     """Load a run folder (``best.pt``, else ``last.pt``) or checkpoint of ``attnguide segment``."""
     path = resolve_checkpoint(run, prefer)
     ckpt = read_checkpoint(path, SEGMENTER)
-    widths = ckpt.get("decoder_channels")  # None: the arch's default (and every older run)
     model = create_segmenter(ckpt["arch"], ckpt.get("encoder"), len(ckpt["class_names"]),
-                             decoder_channels=tuple(widths) if isinstance(widths, list) else widths)
+                             decoder_channels=ckpt.get("decoder_channels"))  # None: older runs
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     norm = ckpt.get("normalize") or {}

@@ -13,7 +13,7 @@ is scored on the unbiased test split. Settings:
 - ``balanced`` / ``smoothing``: the defaults with ``--class-weights balanced`` or
   ``--label-smoothing 0.1``
 - ``light``: the defaults with a U-Net decoder a quarter as wide (``--decoder-channels
-  64,32,16,8,4``, 2.5x fewer FLOPs an iteration at 64 px): the demo's segmenter
+  64,32,16,8,4``, 2.5x fewer FLOPs an iteration at 64 px), tried for the demo's segmenters
 
     OMP_NUM_THREADS=1 python benchmarks/scenes/segment_defaults.py --out runs/segdefaults \\
         --sets new old_defaults old_demo --seeds 0 1 2
@@ -35,7 +35,7 @@ SETTINGS = {
                  "warmup_iterations": 0},
     "balanced": {"class_weights": "balanced"},
     "smoothing": {"label_smoothing": 0.1},
-    "light": {"decoder_channels": "64,32,16,8,4"},  # the demo's segmenter: a quarter of the decoder widths
+    "light": {"decoder_channels": "64,32,16,8,4"},  # a quarter of the decoder widths
 }
 SEGMENTER = {"arch": "unet", "encoder": "tu-resnet10t", "crop_size": 64, "epochs": 6, "batch_size": 16,
              "scale_range": "0.9,1.1"}

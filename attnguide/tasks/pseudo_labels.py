@@ -6,9 +6,10 @@ For each image of a split:
    class gets the classes the classifier predicts with probability >=
    ``class_threshold`` (its top-1 class for a single-label model); ``classes``
    ``"gt"`` / ``"predicted"`` forces one source for every image.
-2. CAMs at the image's own resolution: :func:`attnguide.wsss.pseudo.multiscale_cams`
+2. CAMs at the image's own resolution: :func:`attnguide.wsss.pseudo.multiscale_cams_batch`
    over ``guide.attention(batch, classes, resize=False, normalize=False)``: one
-   attention() call per scale, the mirrored image in the same batch; the raw
+   attention() call per scale for up to ``batch_size`` images of the same size,
+   their mirror images in the same batch; the raw
    maps are summed over scales and flips, then divided by each class's max
    (PSA / IRN fusion).
 3. background score by ``bg`` (``threshold:T``: constant T, IRN's 0.15;
@@ -90,7 +91,7 @@ from attnguide.wsss.evaluate import ConfusionMatrix
 from attnguide.wsss.pseudo import (
     background_rule,
     cams_to_labels,
-    multiscale_cams,
+    multiscale_cams_batch,
     restrict_to_boxes,
 )
 
@@ -121,6 +122,7 @@ class PseudoLabelConfig(Options):
     crf_params: str = "psa"  # CRF preset irn, psa or deeplab, then overrides: "psa,bilateral_sxy=40"
     save_cams: bool = False  # also write the fused CAMs as OUT/cams/<name>.npz
     workers: int = 0  # CRF worker processes (0 or 1: in this process)
+    batch_size: int = 16  # images of one size whose CAMs are computed together (lower it if memory runs short)
     resume: bool = False  # skip images whose output files exist
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     quiet: bool = False  # no progress bar, no table
@@ -139,6 +141,8 @@ class PseudoLabelConfig(Options):
             raise AttnGuideError(f"--class-threshold must lie in [0, 1], got {self.class_threshold}")
         if self.workers < 0:
             raise AttnGuideError(f"--workers must be >= 0, got {self.workers}")
+        if self.batch_size < 1:
+            raise AttnGuideError(f"--batch-size must be >= 1, got {self.batch_size}")
 
         background_rule(self.bg)
         if self.crf:
@@ -239,21 +243,36 @@ class _Labeller:
             return probs.argmax().reshape(1)
         return torch.nonzero(probs >= self.cfg.class_threshold).reshape(-1)
 
-    def __call__(self, image: np.ndarray, labels: tuple[int, ...], boxes=()):
-        """-> classes (K,), fused CAMs (K, H, W) in [0, 1], scores (K + 1, H, W), label (H, W).
-        ``boxes``: the image's ``(class, x0, y0, x1, y1)`` boxes to keep the CAMs inside."""
-        x = to_input(image, self.mean, self.std, self.device)  # (3, H, W)
-        classes = self.classes_of(labels, x)
-        cams = multiscale_cams(self.cam_fn, x, classes.to(self.device), self.cfg.scales,
-                               self.cfg.flip).cpu()  # (K, H, W)
-        if len(boxes) and len(classes):
-            inside, _ = Annotations([{"boxes": boxes}]).box_targets(
-                self.trained.num_classes, size=tuple(cams.shape[-2:]))
-            cams = restrict_to_boxes(cams, inside[0, classes])
+    def __call__(self, items):
+        """``items``: ``(image, labels, boxes)`` of several images -> for each one its classes
+        (K,), fused CAMs (K, H, W) in [0, 1], scores (K + 1, H, W) and label (H, W). The CAMs
+        of images of one size are computed together, ``batch_size`` at a time. ``boxes``: the
+        image's ``(class, x0, y0, x1, y1)`` boxes to keep the CAMs inside."""
+        xs = [to_input(image, self.mean, self.std, self.device) for image, _, _ in items]  # (3, H, W)
+        classes = [self.classes_of(labels, x) for x, (_, labels, _) in zip(xs, items)]
+        cams: list[torch.Tensor | None] = [None] * len(items)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(xs):
+            by_size.setdefault(tuple(x.shape[-2:]), []).append(i)
+        for group in by_size.values():
+            group.sort(key=lambda i: len(classes[i]))  # a batch runs one backward per class of its longest list
+            for first in range(0, len(group), self.cfg.batch_size):
+                part = group[first:first + self.cfg.batch_size]
+                fused = multiscale_cams_batch(self.cam_fn, torch.stack([xs[i] for i in part]),
+                                              [classes[i].to(self.device) for i in part],
+                                              self.cfg.scales, self.cfg.flip)
+                for i, c in zip(part, fused):
+                    cams[i] = c.cpu()  # (K, H, W)
         rule = background_rule(self.cfg.bg)
-        scores = torch.cat([rule(cams)[None], cams])  # (K + 1, H, W)
-        label = cams_to_labels(cams, classes, rule)
-        return classes, cams, scores, label
+        out = []
+        for (_, _, boxes), cls, cam in zip(items, classes, cams):
+            if len(boxes) and len(cls):
+                inside, _ = Annotations([{"boxes": boxes}]).box_targets(
+                    self.trained.num_classes, size=tuple(cam.shape[-2:]))
+                cam = restrict_to_boxes(cam, inside[0, cls])
+            scores = torch.cat([rule(cam)[None], cam])  # (K + 1, H, W)
+            out.append((cls, cam, scores, cams_to_labels(cam, cls, rule)))
+        return out
 
 
 def pseudo_label(cfg: PseudoLabelConfig, console=None) -> PseudoLabelResult:
@@ -308,12 +327,12 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
     if info.is_main:
         clean_stale(out)  # temporary files of a killed run (never a running writer's)
     mine = shard(len(ds), info)  # this process's images
-    chunk = max(8, 4 * cfg.workers)  # images whose CRFs go to the pool together
+    chunk = max(8, 4 * cfg.workers, cfg.batch_size)  # images labelled (and CRF'd in the pool) together
     start = time.perf_counter()
     with CRFPool(cfg.workers if cfg.crf else 0) as pool, \
             progress_bar(len(mine), "pseudo-label", console, quiet) as advance:
         for first in range(0, len(mine), chunk):
-            jobs, gts = [], []
+            todo = []  # (sample, files, image, gt) of the chunk's images not done yet
             for i in mine[first:first + chunk]:
                 sample = ds.samples[i]
                 files = outputs(sample.name)
@@ -327,10 +346,15 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
                             refined.update(_check_size(load_label_png(files[1]), gt, files[1]), gt)
                     advance()
                     continue
-                t0 = time.perf_counter()
-                classes, cams, scores, label = labeller(image, sample.labels,
-                                                        sample.boxes if use_boxes else ())
-                result.cam_seconds += time.perf_counter() - t0
+                todo.append((sample, files, image, gt))
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            labelled = labeller([(image, sample.labels, sample.boxes if use_boxes else ())
+                                 for sample, _, image, _ in todo])
+            result.cam_seconds += time.perf_counter() - t0
+            jobs, gts = [], []
+            for (sample, files, image, gt), (classes, cams, scores, label) in zip(todo, labelled):
                 save_label_png(files[0], label)
                 if cfg.save_cams:
                     _save_npz(files[-1], cams.numpy(), classes.numpy())
@@ -342,8 +366,6 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
                                  str(files[1])))
                     gts.append(gt)
                 result.written += 1
-                if not cfg.crf:
-                    advance(ips=f"{result.written / (time.perf_counter() - start):.1f}")
             if jobs:
                 t0 = time.perf_counter()
                 labels = pool.map(refine_scores, jobs)
@@ -351,7 +373,7 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
                 for label, gt in zip(labels, gts):
                     if gt is not None:
                         refined.update(label, gt)
-                advance(len(jobs), ips=f"{result.written / (time.perf_counter() - start):.1f}")
+            advance(len(todo), ips=f"{result.written / (time.perf_counter() - start):.1f}")
     result.seconds = time.perf_counter() - start
     has_gt = _merge(result, plain, refined, has_gt, info)
     if has_gt:

@@ -30,6 +30,7 @@ _EXPORTS = {
     "evaluate_folders": "evaluate",
     "fuse_cams": "pseudo",
     "multiscale_cams": "pseudo",
+    "multiscale_cams_batch": "pseudo",
     "BackgroundRule": "pseudo",
     "background_rule": "pseudo",
     "cams_to_labels": "pseudo",

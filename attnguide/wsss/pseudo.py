@@ -30,6 +30,7 @@ from attnguide.errors import AttnGuideError
 __all__ = [
     "fuse_cams",
     "multiscale_cams",
+    "multiscale_cams_batch",
     "BackgroundRule",
     "background_rule",
     "cams_to_labels",
@@ -106,30 +107,71 @@ def multiscale_cams(
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise AttnGuideError(f"image must be a (3, H, W) tensor, got {tuple(image.shape)}")
-    classes = torch.as_tensor(classes, dtype=torch.int64, device=image.device)
-    if classes.ndim != 1:
-        raise AttnGuideError(f"classes must be (K,) class indices, got {tuple(classes.shape)}")
+    return multiscale_cams_batch(cam_fn, image[None], [classes], scales, flip)[0]
+
+
+def multiscale_cams_batch(
+    cam_fn: CamFn,
+    images: torch.Tensor,
+    classes: Sequence[torch.Tensor],
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+) -> list[torch.Tensor]:
+    """:func:`multiscale_cams` of several images of one size, with one ``cam_fn`` call
+    per scale for all of them (and their mirror images).
+
+    Images may have different numbers of classes: each image's list is padded to the
+    longest by repeating its first class, and the padded maps are dropped. The maps
+    equal those of one image at a time when ``cam_fn`` treats the images of a batch
+    independently (a model in eval mode); small images gain most (one forward and one
+    backward per class rank for the batch instead of per image).
+
+    Args:
+        images: ``(B, 3, H, W)`` float tensor, already normalised for the model.
+        classes: B ``(K_i,)`` int64 class-index tensors.
+
+    Returns:
+        B ``(K_i, H, W)`` float32 tensors in [0, 1] (``K_i = 0`` gives an empty tensor).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise AttnGuideError(f"images must be a (B, 3, H, W) tensor, got {tuple(images.shape)}")
+    if len(classes) != images.shape[0]:
+        raise AttnGuideError(f"{images.shape[0]} images need {images.shape[0]} class lists, got {len(classes)}")
+    classes = [torch.as_tensor(c, dtype=torch.int64, device=images.device) for c in classes]
+    if any(c.ndim != 1 for c in classes):
+        raise AttnGuideError(f"classes must be (K,) class indices, got shapes {[tuple(c.shape) for c in classes]}")
     if not scales or any(s <= 0 for s in scales):
         raise AttnGuideError(f"scales must be a non-empty list of positive factors, got {scales}")
-    height, width = image.shape[-2:]
-    if classes.numel() == 0:
-        return image.new_zeros((0, height, width), dtype=torch.float32)
-    maps = []
+    height, width = images.shape[-2:]
+    result = [images.new_zeros((0, height, width), dtype=torch.float32) for _ in classes]
+    keep = [i for i, c in enumerate(classes) if c.numel()]
+    if not keep:
+        return result
+    k_max = max(classes[i].numel() for i in keep)
+    padded = torch.stack([torch.cat([classes[i], classes[i][:1].expand(k_max - classes[i].numel())])
+                          for i in keep])  # (B', k_max)
+    n = len(keep)
+    maps: list[list[torch.Tensor]] = [[] for _ in keep]
     for scale in scales:
         size = (max(1, round(scale * height)), max(1, round(scale * width)))
-        scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        scaled = F.interpolate(images[keep], size=size, mode="bilinear", align_corners=False)
         batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled  # (N, 3, h, w)
-        out = cam_fn(batch, classes.expand(batch.shape[0], -1))  # (N, K, h', w')
-        if out.ndim != 4 or out.shape[:2] != (batch.shape[0], classes.numel()):
+        wanted = padded.repeat(batch.shape[0] // n, 1)  # (N, k_max)
+        out = cam_fn(batch, wanted)  # (N, k_max, h', w')
+        if out.ndim != 4 or out.shape[:2] != wanted.shape:
             raise AttnGuideError(
                 f"cam_fn returned shape {tuple(out.shape)} for {batch.shape[0]} images and "
-                f"{classes.numel()} classes; it must return (N, K, h', w')"
+                f"{k_max} classes; it must return (N, K, h', w')"
             )
         out = out.detach()
-        maps.append(out[0])
-        if flip:
-            maps.append(out[1].flip(-1))
-    return fuse_cams(maps, size=(height, width))
+        for j, i in enumerate(keep):
+            k = classes[i].numel()
+            maps[j].append(out[j, :k])
+            if flip:
+                maps[j].append(out[n + j, :k].flip(-1))
+    for j, i in enumerate(keep):
+        result[i] = fuse_cams(maps[j], size=(height, width))
+    return result
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def pseudo_costs(args, train_cfg, pseudo_cfg, device) -> dict[str, float]:
     def one():
         turn["i"] += 1
         k = args.k[turn["i"] % len(args.k)]
-        return labeller(image, tuple(range(k)))
+        return labeller([(image, tuple(range(k)), ())])[0]  # one image: VOC's sizes vary
 
     out = {"pseudo": timed(one, device, args.steps * len(args.k))}
     _, _, scores, _ = one()

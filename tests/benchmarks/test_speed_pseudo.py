@@ -28,15 +28,16 @@ def _rows(stdout: str) -> list[list[str]]:
 def test_pseudo_label_benchmark_compares_equal_maps():
     out = _run("pseudo_labels.py", "--model", "resnet10t", "--images", "2", "--size", "64x96",
                "--scales", "1.0,1.5", "--rounds", "1", "--threads", "1")
-    diffs = [float(x) for x in re.findall(r"([\d.]+e[+-]\d+) \((?:loop|shared forward)\)", out)]
-    assert len(diffs) == 2 and max(diffs) < 1e-4, out
+    diffs = [float(x) for x in re.findall(r"([\d.]+e[+-]\d+) \((?:batched|loop|shared forward)\)", out)]
+    assert len(diffs) == 3 and max(diffs) < 1e-4, out
     rows = _rows(out)
-    assert [r[0].split()[0] for r in rows] == ["attnguide", "per-image", "per-image"]
+    assert [r[0].split()[0] for r in rows] == ["attnguide", "attnguide,", "per-image", "per-image"]
     for r in rows:
         seconds, rate = float(r[2]), float(r[3])
         assert seconds > 0 and abs(rate * seconds - 1) < 0.05
     assert rows[0][4] == "**1.00x**"
-    assert rows[0][1] == "2 (batch 2)" and rows[2][1] == "4"  # 2 scales: 2 calls, 4 views
+    # 2 scales: 1 call per image in batches of the 2 images, 2 calls one at a time, 4 views
+    assert rows[0][1] == "1.00 (batch 4)" and rows[1][1] == "2 (batch 2)" and rows[3][1] == "4"
 
 
 def test_profile_step_ladder_and_rows_add_up():

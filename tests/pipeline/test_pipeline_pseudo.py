@@ -116,7 +116,8 @@ def test_crf_worker_pool_gives_the_same_labels(classifier, scenes, pseudo, tmp_p
                               load_label_png(label_path(pseudo / "crf", name)))
 
 
-def test_one_attention_call_per_scale_with_flip_in_the_batch(classifier, scenes, tmp_path, monkeypatch):
+def test_one_attention_call_per_scale_and_batch_with_flip_in_the_batch(classifier, scenes, tmp_path,
+                                                                        monkeypatch):
     calls = []
     original = GuidedAttention.attention
 
@@ -125,13 +126,30 @@ def test_one_attention_call_per_scale_with_flip_in_the_batch(classifier, scenes,
         return original(self, images, classes, **kw)
 
     monkeypatch.setattr(GuidedAttention, "attention", spy)
+    # the 8 val images (48 px) in one batch, their mirror images beside them
     pseudo_label(_cfg(classifier, scenes, tmp_path / "pl", split="val", scales=(1.0, 0.5, 2.0)))
-    assert len(calls) == 8 * 3
-    assert [c[0] for c in calls[:3]] == [(2, 3, 48, 48), (2, 3, 24, 24), (2, 3, 96, 96)]
+    assert [c[0] for c in calls] == [(16, 3, 48, 48), (16, 3, 24, 24), (16, 3, 96, 96)]
     assert all(c[1:] == (False, False) for c in calls)  # raw maps
     calls.clear()
-    pseudo_label(_cfg(classifier, scenes, tmp_path / "noflip", split="val", scales=(1.0,), flip=False))
+    pseudo_label(_cfg(classifier, scenes, tmp_path / "bs3", split="val", scales=(1.0, 0.5), batch_size=3))
+    assert [c[0][0] for c in calls] == [6, 6, 6, 6, 4, 4]  # batches of 3, 3 and 2 images
+    calls.clear()
+    pseudo_label(_cfg(classifier, scenes, tmp_path / "noflip", split="val", scales=(1.0,), flip=False,
+                      batch_size=1))
     assert [c[0] for c in calls] == [(1, 3, 48, 48)] * 8
+
+
+def test_batched_cams_give_the_labels_of_one_image_at_a_time(classifier, scenes, tmp_path):
+    one = pseudo_label(_cfg(classifier, scenes, tmp_path / "one", batch_size=1, save_cams=True))
+    many = pseudo_label(_cfg(classifier, scenes, tmp_path / "many", batch_size=5, save_cams=True))
+    assert one.metrics.miou == many.metrics.miou
+    for name in _names(scenes):
+        assert np.array_equal(load_label_png(label_path(tmp_path / "one", name)),
+                              load_label_png(label_path(tmp_path / "many", name)))
+        a = np.load(label_path(tmp_path / "one" / "cams", name, ".npz"))
+        b = np.load(label_path(tmp_path / "many" / "cams", name, ".npz"))
+        assert np.array_equal(a["classes"], b["classes"])
+        np.testing.assert_allclose(a["cams"].astype(np.float32), b["cams"].astype(np.float32), atol=2e-3)
 
 
 def test_predicted_classes_for_images_without_labels(classifier, scenes, tmp_path):

@@ -13,6 +13,7 @@ from attnguide.wsss.pseudo import (
     cams_to_labels,
     fuse_cams,
     multiscale_cams,
+    multiscale_cams_batch,
     seed_cues,
 )
 
@@ -150,6 +151,27 @@ def test_multiscale_keeps_gradients_available_to_cam_fn():
 def test_multiscale_rejects_a_bad_cam_fn_output():
     with pytest.raises(AttnGuideError, match=r"must return \(N, K, h', w'\)"):
         multiscale_cams(lambda b, c: b[:, 0], _ramp_image(), torch.tensor([0]), scales=(1.0,))
+
+
+def test_multiscale_batch_equals_one_image_at_a_time_with_uneven_class_lists():
+    images = torch.stack([_ramp_image(), _ramp_image().flip(-1), 2 * _ramp_image()])
+    classes = [torch.tensor([3]), torch.tensor([], dtype=torch.int64), torch.tensor([1, 5])]
+    cam_fn = FakeCams()
+    fused = multiscale_cams_batch(cam_fn, images, classes, scales=(1.0, 0.5))
+    # one call per scale for the images that have classes, the flips beside them, the shorter
+    # class list padded with its first class
+    assert [shape for shape, _ in cam_fn.calls] == [(4, 3, 6, 8), (4, 3, 3, 4)]
+    assert cam_fn.calls[0][1].tolist() == [[3, 3], [1, 5], [3, 3], [1, 5]]
+    assert [tuple(f.shape) for f in fused] == [(1, 6, 8), (0, 6, 8), (2, 6, 8)]
+    for image, cls, got in zip(images, classes, fused):
+        torch.testing.assert_close(got, multiscale_cams(FakeCams(), image, cls, scales=(1.0, 0.5)))
+
+
+def test_multiscale_batch_checks_its_inputs():
+    with pytest.raises(AttnGuideError, match=r"\(B, 3, H, W\)"):
+        multiscale_cams_batch(FakeCams(), _ramp_image(), [torch.tensor([0])])
+    with pytest.raises(AttnGuideError, match="2 images need 2 class lists, got 1"):
+        multiscale_cams_batch(FakeCams(), torch.stack([_ramp_image()] * 2), [torch.tensor([0])])
 
 
 def test_seed_cues():

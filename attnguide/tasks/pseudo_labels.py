@@ -354,7 +354,7 @@ def _pseudo_label(cfg: PseudoLabelConfig, console, device: torch.device, info: D
                                  for sample, _, image, _ in todo])
             result.cam_seconds += time.perf_counter() - t0
             jobs, gts = [], []
-            for (sample, files, image, gt), (classes, cams, scores, label) in zip(todo, labelled):
+            for (_, files, image, gt), (classes, cams, scores, label) in zip(todo, labelled):
                 save_label_png(files[0], label)
                 if cfg.save_cams:
                     _save_npz(files[-1], cams.numpy(), classes.numpy())

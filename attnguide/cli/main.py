@@ -4,6 +4,7 @@ Commands:
     attnguide train --data PATH --model NAME --guidance {none,self,ext,rrr,bg,swap,ext+rrr,...} ...
     attnguide data scenes OUT [--n-train N ...]
     attnguide data composite OUT --objects DIR --backgrounds DIR [--bias P ...]
+    attnguide data box-masks DATA [--split train] [--inner 0.5] [--replace-masks]
 
 The options of ``train`` (and of ``pseudo-label`` and ``segment``) are generated
 from their options dataclass (:class:`attnguide.engine.TrainConfig`; one option per
@@ -162,6 +163,38 @@ def data_composite(
     console().print(f"composite data set written to {path} "
                     f"({n_train} train, {n_val} val, {n_test} test images, {image_size} px, bias {bias})",
                     soft_wrap=True)
+
+
+@data_app.command("box-masks")
+@with_config("box-masks")
+def data_box_masks(
+    data: Path = typer.Argument(..., help="folder data set whose CSV has a boxes column"),
+    split: str = typer.Option("train", help="split whose boxes become masks (its CSV is read, not changed)"),
+    inner: float = typer.Option(0.5, help="central share of each box's width and height taken as its object"),
+    crf_params: str = typer.Option("irn", help="CRF preset irn, psa or deeplab, then overrides: \"irn,gt_prob=0.9\""),
+    replace_masks: bool = typer.Option(False, "--replace-masks", help="also images that have a mask; their masks then score the box masks (mIoU)"),
+    workers: int = typer.Option(0, help="CRF worker processes (0 or 1: in this process)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="make masks made with other options again"),
+) -> None:
+    """Fill each image's boxes with a pixel mask by a dense CRF ("Simple Does It"), into
+    DATA/box_masks/SPLIT/ and the split DATA/SPLIT_box_masks.csv, so that the mask terms and
+    --guidance auto's mask defaults train on box-annotated images.
+
+    Example:
+
+      attnguide data box-masks data/birds && attnguide train --data data/birds --train-split train_box_masks --pixel-labels 100%
+    """
+    from attnguide.tasks.box_masks import make_box_masks
+
+    out = console()
+    res = make_box_masks(data, split, inner=inner, crf_params=crf_params, replace_masks=replace_masks,
+                         workers=workers, overwrite=overwrite, console=out)
+    parts = [f"split {res.split} written to {res.csv}: {res.written} box masks made",
+             f"{res.reused} found done", f"{res.kept} images keep their own mask",
+             f"{res.without_boxes} without boxes"]
+    if res.miou is not None:
+        parts.append(f"mIoU against the data set's masks {100 * res.miou:.2f}")
+    out.print(", ".join(parts), soft_wrap=True)
 
 
 # ---------------------------------------------------------------------- other modules' commands

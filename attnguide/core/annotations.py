@@ -240,7 +240,7 @@ class Annotations:
         inside = torch.zeros(len(self), num_classes, *size, dtype=torch.bool)
         for i, item in enumerate(self.items):
             for cls, *xyxy in item.get("boxes", torch.zeros(0, 5)).tolist():
-                inside[i, int(cls)] |= _box_raster(xyxy, size, image_size)
+                inside[i, int(cls)] |= box_raster(xyxy, size, image_size)
         has = inside.flatten(2).any(2)
         return _to(inside, device), _to(has, device)
 
@@ -279,7 +279,7 @@ class Annotations:
                 region[i] = t
             else:
                 for xyxy in t.tolist():
-                    region[i] |= _box_raster(xyxy, size, image_size)
+                    region[i] |= box_raster(xyxy, size, image_size)
         has = region.flatten(1).any(1)
         return _to(region, device), _to(has, device)
 
@@ -297,7 +297,7 @@ def _scale(size: tuple[int, int], image_size: tuple[int, int] | None) -> tuple[f
     return size[0] / image_size[0], size[1] / image_size[1]
 
 
-def _box_raster(xyxy: Sequence[float], size: tuple[int, int],
+def box_raster(xyxy: Sequence[float], size: tuple[int, int],
                 image_size: tuple[int, int] | None) -> Tensor:
     """(H, W) bool: pixels whose centre lies in the box; a box thinner than a pixel keeps
     the pixel holding its centre, so no box vanishes at a coarse resolution."""

@@ -58,7 +58,7 @@ class BoxMaskResult:
     miou: float | None = None
 
 
-def make_box_masks(data: str | Path, split: str = "train", *, inner: float = 0.5,
+def make_box_masks(data: str | Path, split: str = "train", *, inner: float = 0.7,
                    crf_params: str = "irn", replace_masks: bool = False, workers: int = 0,
                    overwrite: bool = False, quiet: bool = False, console=None) -> BoxMaskResult:
     """Write the masks and ``DATA/SPLIT_box_masks.csv`` (see the module doc)."""

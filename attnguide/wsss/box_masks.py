@@ -27,7 +27,7 @@ from attnguide.wsss.crf import CRFParams, crf_from_labels
 __all__ = ["box_seeds", "box_mask", "box_mask_job"]
 
 
-def box_seeds(boxes: Sequence[Sequence[float]], size: tuple[int, int], inner: float = 0.5,
+def box_seeds(boxes: Sequence[Sequence[float]], size: tuple[int, int], inner: float = 0.7,
               ) -> tuple[np.ndarray, np.ndarray]:
     """Seed label map and the allowed labels of each pixel, from ``(class, x0, y0, x1, y1)`` boxes.
 
@@ -60,7 +60,7 @@ def box_seeds(boxes: Sequence[Sequence[float]], size: tuple[int, int], inner: fl
 
 
 def box_mask(image: np.ndarray, boxes: Sequence[Sequence[float]], num_classes: int,
-             inner: float = 0.5, params: CRFParams | None = None) -> np.ndarray:
+             inner: float = 0.7, params: CRFParams | None = None) -> np.ndarray:
     """A label map (VOC convention: 0 background, ``class + 1``) of an image from its boxes.
 
     Args:

@@ -77,6 +77,9 @@ ROWS = {
     # boxes filled by a dense CRF (`attnguide data box-masks`, "Simple Does It"), then the mask defaults
     "boxmasks100": ("boxes, 100 %, filled by the CRF (data box-masks), the mask defaults (auto: ext+swap)",
                     {"guidance": "auto", "annotations": "masks", **ALL, "box_masks": "train"}),
+    "boxmasks100_steps": ("boxes, 100 %, filled by the CRF, the mask defaults, the auto10 row's steps",
+                          {"guidance": "auto", "annotations": "masks", **ALL, "box_masks": "train",
+                           "steps_of": "auto10"}),
     "boxmasks100_unbiased": ("boxes, 100 %, filled by the CRF, the mask defaults, trained without the shortcut",
                              {"guidance": "auto", "annotations": "masks", **ALL, "box_masks": "train_unbiased"}),
     "points10": ("clicks, 10 % (self+point)", {"guidance": "self+point", "annotations": "points", **TEN}),
@@ -87,7 +90,7 @@ COLUMNS = [("test_accuracy", "accuracy"), ("test_map", "mAP"),
            ("test_box_energy", "energy in box"), ("pseudo_miou", "pseudo mIoU"),
            ("pseudo_miou_crf", "with CRF"), ("pseudo_miou_crf_free", "with CRF, boxes unused")]
 BOXED = {"boxes100", "boxes100swap", "boxes100swap_steps", "boxes100attswap", "boxes100attswap_steps",
-         "boxmasks100", "boxmasks100_unbiased"}
+         "boxmasks100", "boxmasks100_steps", "boxmasks100_unbiased"}
 """Rows with boxes on every training image: their pseudo labels are made within the boxes."""
 
 
@@ -244,7 +247,7 @@ def main(argv=None) -> None:
                             f"{'met' if share >= need else 'not met'})")
         worst = {row: statistics.mean([m["test_worst_group_accuracy"] for m in results[row]])
                  for row in ("masks10", "auto10", "boxes100", "boxes100swap", "boxes100swap_steps",
-                             "boxes100attswap", "boxes100attswap_steps", "boxmasks100", "points100")
+                             "boxes100attswap", "boxes100attswap_steps", "boxmasks100", "boxmasks100_steps", "points100")
                  if results.get(row)}
         if len(worst) > 1:
             goal.append("- worst-group accuracy (the shortcut gap closed): " + ", ".join(

@@ -61,10 +61,11 @@ SEGMENTER = {"arch": "unet", "encoder": "tu-resnet10t", "crop_size": 64, "epochs
              "batch_size": 16, "scale_range": "0.9,1.1"}
 PSEUDO_SCALES = (1.0, 1.5)
 # Each stage's seconds in a measured demo (an idle 2-core machine, 2 threads, benchmarks/RESULTS.md,
-# "The demo"; the unguided classifier's scaled to the guided run's steps): the estimate of the
-# time left scales them by how fast this machine ran the stages it has done.
+# "The demo"; the unguided classifier's scaled to the guided run's steps; the pseudo labels'
+# scaled by their 2026-12-07 speed-up from batching images): the estimate of the time left
+# scales them by how fast this machine ran the stages it has done.
 STAGES = {"scenes": 2, "classifier guided": 95, "classifier unguided": 45,
-          "pseudo labels unguided": 22, "pseudo labels guided": 22,
+          "pseudo labels unguided": 10, "pseudo labels guided": 10,
           "segmenter on unguided pseudo labels": 43, "segmenter on guided pseudo labels": 36,
           "segmenter on the true masks": 36, "report": 3}
 PRIOR_S = 60.0

@@ -96,6 +96,16 @@ from attnguide.wsss.pseudo import (
 )
 
 CLASS_SOURCES = ("auto", "gt", "predicted")
+BATCH_PIXELS = 16 * 64 * 64
+"""Most image pixels whose CAMs go through the model together (before scaling): batching paid
+for 64 px images (the demo's: the CAM time halved at 16 a batch) and cost 15 % for 192x256
+images on a 2-thread CPU (benchmarks/RESULTS.md, pseudo-label throughput), so large images
+go one at a time."""
+
+
+def images_per_batch(size: tuple[int, int], batch_size: int) -> int:
+    """How many images of ``size`` (H, W) :func:`pseudo_label` labels together."""
+    return max(1, min(batch_size, BATCH_PIXELS // max(1, size[0] * size[1])))
 BOX_USES = ("auto", "on", "off")
 
 
@@ -122,7 +132,7 @@ class PseudoLabelConfig(Options):
     crf_params: str = "psa"  # CRF preset irn, psa or deeplab, then overrides: "psa,bilateral_sxy=40"
     save_cams: bool = False  # also write the fused CAMs as OUT/cams/<name>.npz
     workers: int = 0  # CRF worker processes (0 or 1: in this process)
-    batch_size: int = 16  # images of one size whose CAMs are computed together (lower it if memory runs short)
+    batch_size: int = 16  # images of one size whose CAMs are computed together, at most (fewer when large: 16 x 64 x 64 pixels a batch; lower it if memory runs short)
     resume: bool = False  # skip images whose output files exist
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     quiet: bool = False  # no progress bar, no table
@@ -256,8 +266,9 @@ class _Labeller:
             by_size.setdefault(tuple(x.shape[-2:]), []).append(i)
         for group in by_size.values():
             group.sort(key=lambda i: len(classes[i]))  # a batch runs one backward per class of its longest list
-            for first in range(0, len(group), self.cfg.batch_size):
-                part = group[first:first + self.cfg.batch_size]
+            per = images_per_batch(xs[group[0]].shape[-2:], self.cfg.batch_size)
+            for first in range(0, len(group), per):
+                part = group[first:first + per]
                 fused = multiscale_cams_batch(self.cam_fn, torch.stack([xs[i] for i in part]),
                                               [classes[i].to(self.device) for i in part],
                                               self.cfg.scales, self.cfg.flip)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from attnguide.models.trained import TrainedModel
 from attnguide.tasks.common import to_input
-from attnguide.tasks.pseudo_labels import PseudoLabelConfig, _Labeller
+from attnguide.tasks.pseudo_labels import PseudoLabelConfig, _Labeller, images_per_batch
 from attnguide.wsss.pseudo import background_rule, cams_to_labels
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
@@ -195,14 +195,15 @@ def main(argv=None) -> None:
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(v) for name, v in times.items()}
     what = {
-        "attnguide-batched": f"attnguide (`pseudo-label`'s pass: one call per scale for up to {cfg.batch_size} "
-                             "images of one size + their mirrors, all classes)",
+        "attnguide-batched": f"attnguide (`pseudo-label`'s pass: one call per scale for up to "
+                             f"{images_per_batch((height, width), cfg.batch_size)} images of this size "
+                             "+ their mirrors, all classes)",
         "attnguide": "attnguide, one image at a time (`--batch-size 1`; VOC's images of many sizes)",
         "loop": "per-image loop: a forward + backward per (scale, view, class)",
         "loop-shared": "per-image loop, forward shared by a view's classes (a backward per class)",
     }
     views = len(scales) * (1 + flip)
-    batch = min(cfg.batch_size, args.images)
+    batch = min(images_per_batch((height, width), cfg.batch_size), args.images)
     passes = {"attnguide-batched": f"{len(scales) / batch:.2f} (batch {batch * (1 + flip)})",
               "attnguide": f"{len(scales)} (batch {1 + flip})", "loop": f"{views * pairs / args.images:.1f}",
               "loop-shared": f"{views}"}

@@ -134,7 +134,7 @@ def _prepare(folder: Path, settings: dict, overwrite: bool) -> None:
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clean_stale(folder)  # temporary files of a killed run
-    stored_file.unlink(missing_ok=True)  # written again when every mask is there
+    write_json(stored_file, settings)  # first, so a killed run's masks are reused by the next call
 
 
 def _write_csv(root: Path, split: str, out: Path, masks: dict[str, Path]) -> None:

@@ -81,6 +81,11 @@ def test_task_writes_masks_and_a_split_that_trains(scenes, tmp_path):
 
     again = make_box_masks(scenes, "train", replace_masks=True, quiet=True)
     assert (again.written, again.reused, again.miou) == (0, 12, pytest.approx(res.miou))
+    # a killed run: some masks gone, settings.json still there -> only those are made again
+    for path in sorted((scenes / "box_masks" / "train").rglob("*.png"))[:5]:
+        path.unlink()
+    resumed = make_box_masks(scenes, "train", replace_masks=True, quiet=True)
+    assert (resumed.written, resumed.reused, resumed.miou) == (5, 7, pytest.approx(res.miou))
     with pytest.raises(AttnGuideError, match=r"other options \(inner\); pass --overwrite"):
         make_box_masks(scenes, "train", replace_masks=True, inner=0.3, quiet=True)
     redone = make_box_masks(scenes, "train", replace_masks=True, inner=0.3, overwrite=True, quiet=True)

@@ -45,6 +45,7 @@ from attnguide.engine.config import TrainConfig, config_from_options
 from attnguide.engine.options import typer_parameters
 from attnguide.engine.progress import Reporter
 from attnguide.errors import AttnGuideError
+from attnguide.tasks.box_masks import make_box_masks
 from attnguide.tasks.training import train as run_training
 
 try:  # typer < 0.20 runs on click; newer typer vendors its own copy
@@ -184,8 +185,6 @@ def data_box_masks(
 
       attnguide data box-masks data/birds && attnguide train --data data/birds --train-split train_box_masks --pixel-labels 100%
     """
-    from attnguide.tasks.box_masks import make_box_masks
-
     out = console()
     res = make_box_masks(data, split, inner=inner, crf_params=crf_params, replace_masks=replace_masks,
                          workers=workers, overwrite=overwrite, console=out)

@@ -21,7 +21,9 @@ import numpy as np
 
 from attnguide.constants import IGNORE
 from attnguide.core.annotations import box_raster
+from attnguide.data.io import read_rgb
 from attnguide.errors import AttnGuideError
+from attnguide.io.labels import save_label_png
 from attnguide.wsss.crf import CRFParams, crf_from_labels
 
 __all__ = ["box_seeds", "box_mask", "box_mask_job"]
@@ -100,9 +102,6 @@ def box_mask_job(image_path: str, boxes: Sequence[Sequence[float]], num_classes:
                  params: CRFParams, out_path: str) -> np.ndarray:
     """:func:`box_mask` of an image file, written atomically to ``out_path`` as a VOC-palette
     PNG (a module-level function for :class:`~attnguide.wsss.crf.CRFPool` workers)."""
-    from attnguide.data.io import read_rgb
-    from attnguide.io.labels import save_label_png
-
     label = box_mask(read_rgb(image_path), boxes, num_classes, inner, params)
     save_label_png(out_path, label)
     return label

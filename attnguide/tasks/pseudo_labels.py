@@ -132,7 +132,7 @@ class PseudoLabelConfig(Options):
     crf_params: str = "psa"  # CRF preset irn, psa or deeplab, then overrides: "psa,bilateral_sxy=40"
     save_cams: bool = False  # also write the fused CAMs as OUT/cams/<name>.npz
     workers: int = 0  # CRF worker processes (0 or 1: in this process)
-    batch_size: int = 16  # images of one size whose CAMs are computed together, at most (fewer when large: 16 x 64 x 64 pixels a batch; lower it if memory runs short)
+    batch_size: int = 1  # images of one size whose CAMs are computed together, at most (fewer when large: 16 x 64 x 64 pixels a batch); 16 halves the time for small images, but the maps then depend on their batch in the last bits, so files are byte-identical across --resume and torchrun shards only with 1
     resume: bool = False  # skip images whose output files exist
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     quiet: bool = False  # no progress bar, no table

@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     model = timm.create_model(args.model, num_classes=NUM_CLASSES).to(device).eval()
     trained = TrainedModel(model=model, class_names=[f"class{i}" for i in range(NUM_CLASSES)],
                            multilabel=True, layer=args.layer, image_size=min(height, width), config={})
-    cfg = PseudoLabelConfig(run="-", data="-", scales=scales, flip=flip).validate()
+    cfg = PseudoLabelConfig(run="-", data="-", scales=scales, flip=flip, batch_size=16).validate()
     labeller = _Labeller(cfg, trained, device)
     rule = background_rule(cfg.bg)
 

@@ -127,7 +127,7 @@ def test_one_attention_call_per_scale_and_batch_with_flip_in_the_batch(classifie
 
     monkeypatch.setattr(GuidedAttention, "attention", spy)
     # the 8 val images (48 px) in one batch, their mirror images beside them
-    pseudo_label(_cfg(classifier, scenes, tmp_path / "pl", split="val", scales=(1.0, 0.5, 2.0)))
+    pseudo_label(_cfg(classifier, scenes, tmp_path / "pl", split="val", scales=(1.0, 0.5, 2.0), batch_size=16))
     assert [c[0] for c in calls] == [(16, 3, 48, 48), (16, 3, 24, 24), (16, 3, 96, 96)]
     assert all(c[1:] == (False, False) for c in calls)  # raw maps
     calls.clear()

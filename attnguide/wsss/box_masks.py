@@ -30,8 +30,9 @@ __all__ = ["box_seeds", "box_mask", "box_mask_job"]
 
 
 def box_seeds(boxes: Sequence[Sequence[float]], size: tuple[int, int], inner: float = 0.7,
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Seed label map and the allowed labels of each pixel, from ``(class, x0, y0, x1, y1)`` boxes.
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seed label map, the allowed labels of each pixel and its box's label, from
+    ``(class, x0, y0, x1, y1)`` boxes.
 
     Args:
         boxes: 0-based classes and corners in pixels (the folder data set's ``boxes``).
@@ -42,23 +43,27 @@ def box_seeds(boxes: Sequence[Sequence[float]], size: tuple[int, int], inner: fl
         ``seeds`` uint8 (H, W): 0 outside every box, ``class + 1`` in a box's central part,
         255 in the rest of a box (smaller boxes are drawn over larger ones);
         ``allowed`` bool (H, W, C + 1) with ``C`` the largest class + 1: background
-        everywhere, a class inside its boxes.
+        everywhere, a class inside its boxes;
+        ``owner`` uint8 (H, W): ``class + 1`` of the smallest box that holds the pixel, 0
+        outside every box.
     """
     if not 0.0 < inner <= 1.0:
         raise AttnGuideError(f"inner must lie in (0, 1], got {inner}")
     height, width = size
     n_labels = 1 + max((int(b[0]) + 1 for b in boxes), default=0)
     seeds = np.zeros((height, width), np.uint8)
+    owner = np.zeros((height, width), np.uint8)
     allowed = np.zeros((height, width, n_labels), bool)
     allowed[..., 0] = True
     by_area = sorted(boxes, key=lambda b: (b[3] - b[1]) * (b[4] - b[2]), reverse=True)
     for cls, x0, y0, x1, y1 in by_area:
         region = box_raster((x0, y0, x1, y1), size, None).numpy()
         seeds[region] = IGNORE
+        owner[region] = int(cls) + 1
         allowed[region, int(cls) + 1] = True
         cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, inner * (x1 - x0) / 2, inner * (y1 - y0) / 2
         seeds[box_raster((cx - hw, cy - hh, cx + hw, cy + hh), size, None).numpy()] = int(cls) + 1
-    return seeds, allowed
+    return seeds, allowed, owner
 
 
 def box_mask(image: np.ndarray, boxes: Sequence[Sequence[float]], num_classes: int,
@@ -86,16 +91,13 @@ def box_mask(image: np.ndarray, boxes: Sequence[Sequence[float]], num_classes: i
                              f"{sorted({int(b[0]) for b in boxes})}")
     if not boxes:
         return np.zeros((height, width), np.uint8)
-    seeds, allowed = box_seeds(boxes, (height, width), inner)
+    seeds, allowed, owner = box_seeds(boxes, (height, width), inner)
     labels = crf_from_labels(image, seeds, num_classes + 1, params or CRFParams())
     # a label the pixel's boxes do not allow: the class of the smallest box that holds it
-    drawn = np.zeros((height, width), np.uint8)
-    for cls, x0, y0, x1, y1 in sorted(boxes, key=lambda b: (b[3] - b[1]) * (b[4] - b[2]), reverse=True):
-        drawn[box_raster((x0, y0, x1, y1), (height, width), None).numpy()] = int(cls) + 1
     padded = np.zeros((height, width, num_classes + 1), bool)
     padded[..., :allowed.shape[-1]] = allowed
     ok = np.take_along_axis(padded, labels[..., None].astype(np.int64), axis=-1)[..., 0]
-    return np.where(ok, labels, drawn).astype(np.uint8)
+    return np.where(ok, labels, owner).astype(np.uint8)
 
 
 def box_mask_job(image_path: str, boxes: Sequence[Sequence[float]], num_classes: int, inner: float,

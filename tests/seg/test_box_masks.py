@@ -28,16 +28,18 @@ def _squares() -> np.ndarray:
 
 
 def test_seeds_centre_is_the_class_the_rest_of_the_box_open_outside_background():
-    seeds, allowed = box_seeds([(1, 8, 8, 24, 24)], (32, 32), inner=0.5)
+    seeds, allowed, owner = box_seeds([(1, 8, 8, 24, 24)], (32, 32), inner=0.5)
     assert seeds[0, 0] == 0 and seeds[16, 16] == 2 and seeds[9, 9] == IGNORE
     assert (seeds == 2).sum() == 8 * 8 and (seeds == IGNORE).sum() == 16 * 16 - 8 * 8
     assert allowed.shape == (32, 32, 3) and allowed[..., 0].all()
     assert allowed[9, 9, 2] and not allowed[0, 0, 2] and not allowed[..., 1].any()
+    assert owner[9, 9] == 2 and owner[16, 16] == 2 and owner[0, 0] == 0
 
 
 def test_smaller_boxes_are_drawn_over_larger_ones():
-    seeds, allowed = box_seeds([(0, 0, 0, 32, 32), (1, 10, 10, 20, 20)], (32, 32), inner=1.0)
+    seeds, allowed, owner = box_seeds([(0, 0, 0, 32, 32), (1, 10, 10, 20, 20)], (32, 32), inner=1.0)
     assert seeds[15, 15] == 2 and seeds[2, 2] == 1
+    assert owner[15, 15] == 2 and owner[2, 2] == 1
     assert allowed[15, 15, 1] and allowed[15, 15, 2]
 
 

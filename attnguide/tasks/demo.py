@@ -49,25 +49,27 @@ from attnguide.viz.common import require_matplotlib
 
 # Settings sized for 2 CPU cores (measured: benchmarks/RESULTS.md, "The demo"); --scale
 # multiplies the data set and the epochs. Everything else is the library's defaults.
-SCENES = {"n_train": 256, "n_val": 64, "n_test": 128, "image_size": 64}
+SCENES = {"n_train": 192, "n_val": 64, "n_test": 128, "image_size": 64}
 CLASSIFIER = {"model": "resnet10t", "image_size": 64, "epochs": 6, "warmup_epochs": 2,
               "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
               "schedule": "cosine", "snapshots": 0}
 RUNS = {"guided": {"guidance": "auto", "pixel_labels": "10%"},
         "unguided": {"guidance": "none"}}  # in this order: unguided gets guided's step count
 TRUE_MASKS = "true masks"
-# segment's defaults (AdamW, warm-up, poly) from scratch; only the size is the demo's.
-SEGMENTER = {"arch": "unet", "encoder": "tu-resnet10t", "crop_size": 64, "epochs": 5,
-             "batch_size": 16, "scale_range": "0.9,1.1"}
-PSEUDO_SCALES = (1.0, 1.5)
-# Each stage's seconds in a measured demo (an idle 2-core machine, 2 threads, benchmarks/RESULTS.md,
-# "The demo"; the unguided classifier's scaled to the guided run's steps; the pseudo labels'
-# scaled by their 2026-12-07 speed-up from batching images): the estimate of the time left
-# scales them by how fast this machine ran the stages it has done.
-STAGES = {"scenes": 2, "classifier guided": 95, "classifier unguided": 45,
-          "pseudo labels unguided": 10, "pseudo labels guided": 10,
-          "segmenter on unguided pseudo labels": 43, "segmenter on guided pseudo labels": 36,
-          "segmenter on the true masks": 36, "report": 3}
+# segment's defaults (DeepLabv3+, AdamW, warm-up, poly) from scratch; only the encoder and the
+# size are the demo's. Measured against a U-Net at 5 epochs (benchmarks/RESULTS.md, "Segmenter
+# defaults"): learns more in less time at 64 px.
+SEGMENTER = {"encoder": "tu-resnet10t", "crop_size": 64, "epochs": 4, "batch_size": 16,
+             "scale_range": "0.9,1.1"}
+SEGMENTER_NAME = f"{SegmentConfig.arch}/{SEGMENTER['encoder']}"
+PSEUDO_SCALES = (1.0,)  # one scale: 1.0 and 1.5 gave the same labels to 0.01 mIoU, in twice the time
+# Each stage's seconds in a measured demo (2026-12-07, an idle 2-core machine, 2 threads,
+# benchmarks/RESULTS.md, "The demo"): the estimate of the time left scales them by how fast
+# this machine ran the stages it has done.
+STAGES = {"scenes": 2, "classifier guided": 100, "classifier unguided": 48,
+          "pseudo labels unguided": 6, "pseudo labels guided": 6,
+          "segmenter on unguided pseudo labels": 30, "segmenter on guided pseudo labels": 27,
+          "segmenter on the true masks": 28, "report": 4}
 PRIOR_S = 60.0
 KEYS = ("test_map", "test_cam_miou", "pseudo_miou_crf", "segmenter_miou")
 
@@ -249,7 +251,7 @@ def run_demo(out: str | Path = "demo", *, scale: float = 1.0, crf: bool = True, 
                "guided": ("segmenter on guided pseudo labels", "guided"),
                TRUE_MASKS: ("segmenter on the true masks", "gt")}
     for row, (stage, labels) in sources.items():
-        progress.start(stage, f"{SEGMENTER['arch']}/{SEGMENTER['encoder']} from scratch, segment's defaults")
+        progress.start(stage, f"{SEGMENTER_NAME} from scratch, segment's defaults")
         folder = "gt" if labels == "gt" else str(out / "pseudo" / labels / ("crf" if crf else ""))
         miou, skipped = _segment(data, folder, out / "runs" / f"seg_{labels}", scale, seed, quiet)
         rows[row]["segmenter_miou"] = miou
@@ -322,7 +324,7 @@ def _report(rows: dict[str, dict[str, Any]], pictures, seconds: float, crf: bool
              "comparison is at equal compute (the table gives the steps and the training seconds); "
              "their attention turned "
              "into pseudo labels" + (" (with dense CRF)" if crf else "") + ", and three segmenters "
-             f"({SEGMENTER['arch']}/{SEGMENTER['encoder']} from scratch, `segment`'s defaults) trained "
+             f"({SEGMENTER_NAME} from scratch, `segment`'s defaults) trained "
              "on the unguided labels, the guided ones and the true masks. All scores are on splits "
              "whose backgrounds are independent of the classes (pseudo labels: the training images "
              "against their true masks).",

@@ -241,8 +241,8 @@ def pseudo_metrics(run: Path, data: Path, device: str, crf: bool, boxes: str = "
 
 def segmenter_metrics(run: Path, data: Path, device: str, true_masks: bool = False, seed: int = 0) -> dict:
     """Test mIoU of a small segmenter trained on the run's CRF pseudo labels, or on the true
-    masks (the demo's segmenter: U-Net/tu-resnet10t from scratch, 64 px crops, segment's
-    defaults), seeded with the job's seed (so the seeds' spread includes the segmenter's)."""
+    masks (the demo's segmenter: segment's defaults, DeepLabv3+, with a tu-resnet10t encoder
+    from scratch, 64 px crops), seeded with the job's seed (so the seeds' spread includes the segmenter's)."""
     from attnguide.tasks.demo import SEGMENTER
     from attnguide.tasks.evaluate import evaluate_predictions
     from attnguide.tasks.prediction import predict

@@ -14,6 +14,8 @@ is scored on the unbiased test split. Settings:
   ``--label-smoothing 0.1``
 - ``light``: the defaults with a U-Net decoder a quarter as wide (``--decoder-channels
   64,32,16,8,4``, 2.5x fewer FLOPs an iteration at 64 px), tried for the demo's segmenters
+- ``deeplab``: segment's default architecture (DeepLabv3+) instead of the U-Net, the same
+  encoder and settings: what the demo's segmenters use since 2026-12-07
 
     OMP_NUM_THREADS=1 python benchmarks/scenes/segment_defaults.py --out runs/segdefaults \\
         --sets new old_defaults old_demo --seeds 0 1 2
@@ -36,6 +38,7 @@ SETTINGS = {
     "balanced": {"class_weights": "balanced"},
     "smoothing": {"label_smoothing": 0.1},
     "light": {"decoder_channels": "64,32,16,8,4"},  # a quarter of the decoder widths
+    "deeplab": {"arch": "deeplabv3plus"},  # segment's default arch
 }
 SEGMENTER = {"arch": "unet", "encoder": "tu-resnet10t", "crop_size": 64, "epochs": 6, "batch_size": 16,
              "scale_range": "0.9,1.1"}

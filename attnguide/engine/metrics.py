@@ -71,11 +71,11 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
     return float(ap.mean()) if len(ap) else float("nan")
 
 
-def accuracy(logits: Tensor, targets: Tensor, multilabel: bool) -> float:
+def accuracy(logits: Tensor, targets: Tensor, multilabel: bool, threshold: float = 0.5) -> float:
     """Single-label: top-1 accuracy (targets (N,) indices or (N, C) one-hot).
-    Multi-label: exact match, every class right at probability 0.5."""
+    Multi-label: exact match, every class right at probability ``threshold``."""
     if multilabel:
-        pred = logits.float().sigmoid() >= 0.5
+        pred = logits.float().sigmoid() >= threshold
         return float((pred == (targets >= 0.5)).all(dim=1).float().mean())
     if targets.dim() == 2:
         targets = targets.argmax(dim=1)

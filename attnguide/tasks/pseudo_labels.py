@@ -96,6 +96,7 @@ from attnguide.wsss.pseudo import (
 )
 
 CLASS_SOURCES = ("auto", "gt", "predicted")
+BOX_USES = ("auto", "on", "off")
 BATCH_PIXELS = 16 * 64 * 64
 """Most image pixels whose CAMs go through the model together (before scaling): batching paid
 for 64 px images (the demo's: the CAM time halved at 16 a batch) and cost 15 % for 192x256
@@ -106,7 +107,6 @@ go one at a time."""
 def images_per_batch(size: tuple[int, int], batch_size: int) -> int:
     """How many images of ``size`` (H, W) :func:`pseudo_label` labels together."""
     return max(1, min(batch_size, BATCH_PIXELS // max(1, size[0] * size[1])))
-BOX_USES = ("auto", "on", "off")
 
 
 @dataclass

@@ -19,24 +19,26 @@ from pathlib import Path
 
 import torch
 
+from attnguide.core.guide import extract_logits
 from attnguide.data import open_dataset
+from attnguide.engine.metrics import accuracy
 from attnguide.models.trained import load_model
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
 def scores(model: torch.nn.Module, data: Path, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid scores and 0/1 labels of every image of ``split``."""
+    """Logits and 0/1 labels of every image of ``split``."""
     ds = open_dataset(data, split=split, image_size=image_size, train=False)
     items = [ds[i] for i in range(len(ds))]
     images = torch.stack([item["image"] for item in items])
     labels = torch.stack([torch.as_tensor(item["labels"]) for item in items]).float()
     with torch.no_grad():
-        return torch.sigmoid(model(images)), labels
+        return extract_logits(model(images)).float(), labels
 
 
-def exact(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
-    return float((probs > threshold).float().eq(labels).all(dim=1).float().mean())
+def exact(logits: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
+    return accuracy(logits, labels, multilabel=True, threshold=threshold)
 
 
 def one(run: Path, data: Path) -> dict:
@@ -48,7 +50,7 @@ def one(run: Path, data: Path) -> dict:
     test = scores(model, data, "test", trained.image_size)
     best = max(THRESHOLDS, key=lambda t: (exact(*val, t), -abs(t - 0.5)))
     return {"at_half": exact(*test, 0.5), "threshold": best, "at_val": exact(*test, best),
-            "predicted": float((test[0] > 0.5).sum(dim=1).float().mean()),
+            "predicted": float((test[0].sigmoid() >= 0.5).sum(dim=1).float().mean()),
             "true": float(test[1].sum(dim=1).mean())}
 
 

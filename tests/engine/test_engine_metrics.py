@@ -50,6 +50,8 @@ def test_accuracy_single_and_multilabel():
     assert accuracy(logits, torch.tensor([0, 1, 1]), multilabel=False) == pytest.approx(2 / 3)
     multi = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # exact match at 0.5
     assert accuracy(logits, multi, multilabel=True) == pytest.approx(2 / 3)
+    # a lower decision threshold takes the third image's second class (probability 0.38)
+    assert accuracy(logits, multi, multilabel=True, threshold=0.35) == pytest.approx(1.0)
 
 
 def test_confusion_and_miou_ignore_255():

@@ -57,8 +57,8 @@ RUNS = {"guided": {"guidance": "auto", "pixel_labels": "10%"},
         "unguided": {"guidance": "none"}}  # in this order: unguided gets guided's step count
 TRUE_MASKS = "true masks"
 # segment's defaults (DeepLabv3+, AdamW, warm-up, poly) from scratch; only the encoder and the
-# size are the demo's. Measured against a U-Net at 5 epochs (benchmarks/RESULTS.md, "Segmenter
-# defaults"): learns more in less time at 64 px.
+# size are the demo's. Measured against the U-Net it replaced (benchmarks/RESULTS.md, "Segmenter
+# defaults" and "The demo"): learns as much or more, with less spread over seeds, in less time.
 SEGMENTER = {"encoder": "tu-resnet10t", "crop_size": 64, "epochs": 4, "batch_size": 16,
              "scale_range": "0.9,1.1"}
 SEGMENTER_NAME = f"{SegmentConfig.arch}/{SEGMENTER['encoder']}"

@@ -73,6 +73,25 @@ def test_the_unguided_baseline_gets_the_guided_runs_steps(tiny):
     assert f"| {rows['guided']['steps']} |" in report and "equal compute" in report
 
 
+def test_exact_match_at_the_threshold_each_run_chose_on_val(tiny):
+    """Besides 0.5, the report scores exact match at the run's val-chosen threshold: the
+    checkpoint's, applied to test as `attnguide evaluate --run` does."""
+    from attnguide.models.trained import load_model
+    from attnguide.tasks.evaluate import evaluate_classifier
+
+    out, _, _, _ = tiny
+    rows = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    for name in ("unguided", "guided"):
+        run = out / "runs" / name / "last.pt"
+        chosen = load_model(run).decision_threshold
+        assert rows[name]["decision_threshold"] == chosen
+        scored = evaluate_classifier(run, out / "scenes", "test", device="cpu")
+        assert rows[name]["test_accuracy_val_threshold"] == pytest.approx(scored["accuracy"])
+        assert f"({chosen:.2f})" in report
+    assert "test_decision_threshold" not in rows["guided"]  # a threshold chosen on test is not reported
+
+
 def test_report_opens_with_the_verdict_and_states_time_and_seed(tiny):
     out, result, _, _ = tiny
     rows = json.loads((out / "results.json").read_text())

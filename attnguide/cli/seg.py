@@ -141,6 +141,7 @@ def evaluate_command(
     json_file: Path | None = typer.Option(None, "--json", help="write the metrics as JSON here"),
     markdown: Path | None = typer.Option(None, "--markdown", help="write the IoU table as Markdown here"),
     device: str = typer.Option("auto", "--device", help="with --run: auto, cpu, cuda, cuda:1, ..."),
+    threshold: str = typer.Option("auto", "--threshold", help="with --run, multi-label: the decision threshold of exact-match and group accuracy; auto: the one the run chose on its validation split (0.5 without one)"),
 ) -> None:
     """mIoU of a folder of predicted label maps against a split's masks (or a GT folder), or
     with --run the metrics of a trained classifier on a split.
@@ -148,7 +149,9 @@ def evaluate_command(
     Prints a per-class IoU table; --json writes miou, pixel_accuracy,
     per_class (name -> IoU), confusion and class_names. With --run: accuracy, mAP, CAM mIoU
     and worst-group / mean per-group accuracy over the (class, bias) groups of groups.csv
-    (or the scenes' backgrounds).
+    (or the scenes' backgrounds). Multi-label exact match and group accuracy apply the
+    decision threshold the run chose on its validation split (--threshold auto), so a
+    classifier whose probabilities sit low is not scored at 0.5.
 
     Examples:
 
@@ -157,8 +160,11 @@ def evaluate_command(
       attnguide evaluate --run runs/ext --data data/birds --split test --json test.json
     """
     if run is not None:
-        _evaluate_classifier_command(run, pred, gt, data, split, device, json_file, markdown)
+        _evaluate_classifier_command(run, pred, gt, data, split, device, json_file, markdown, threshold)
         return
+    if threshold != "auto":
+        raise AttnGuideError("--threshold is the decision threshold of a classifier: it goes with --run RUN, "
+                             "not with --pred (label maps have no threshold)")
     if pred is None:
         raise AttnGuideError("missing --pred: pass --pred DIR (predicted label maps) or --run RUN (a trained "
                              "classifier), on the command line or in the --config file")
@@ -173,12 +179,12 @@ def evaluate_command(
         atomic_write(markdown, (metrics.to_markdown() + "\n").encode())
 
 
-def _evaluate_classifier_command(run, pred, gt, data, split, device, json_file, markdown) -> None:
+def _evaluate_classifier_command(run, pred, gt, data, split, device, json_file, markdown, threshold) -> None:
     if pred is not None or gt is not None:
         raise AttnGuideError("--run scores a classifier on --data --split; drop --pred / --gt (or drop --run)")
     if data is None:
         raise AttnGuideError("--run needs --data PATH (and --split NAME) to score the classifier on")
-    metrics = evaluate_classifier(run, data, split, device=device)
+    metrics = evaluate_classifier(run, data, split, device=device, threshold=threshold)
     stdout().print(classifier_table(metrics, title=f"{run} on split {split!r} of {data}"))
     if json_file is not None:
         write_json(json_file, metrics)

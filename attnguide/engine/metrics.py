@@ -33,6 +33,7 @@ __all__ = [
     "attention_inside",
     "average_precision",
     "cam_segmentation",
+    "choose_threshold",
     "confusion_matrix",
     "gt_classes",
     "iou_from_confusion",
@@ -80,6 +81,30 @@ def accuracy(logits: Tensor, targets: Tensor, multilabel: bool, threshold: float
     if targets.dim() == 2:
         targets = targets.argmax(dim=1)
     return float((logits.argmax(dim=1) == targets).float().mean())
+
+
+DECISION_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+"""The probabilities :func:`choose_threshold` tries: 0.05, 0.10, ..., 0.95."""
+
+
+def choose_threshold(logits: Tensor, targets: Tensor, grid: tuple[float, ...] = DECISION_THRESHOLDS) -> float:
+    """The multi-label decision threshold that maximises exact match on these images.
+
+    A classifier can rank well (high mAP) and still score low exact match at 0.5 when its
+    probabilities sit lower or higher than the labels' rate; guided classifiers often predict
+    fewer positives. Choose the threshold on a validation split and apply it to the test split
+    (``attnguide evaluate --run`` does, from the run's last validation). Ties go to the
+    threshold nearest 0.5.
+
+    Args:
+        logits: (N, C). targets: (N, C) in {0, 1}. grid: the probabilities to try.
+
+    Returns:
+        The chosen probability threshold.
+    """
+    if not grid:
+        raise ValueError("choose_threshold needs at least one threshold to try")
+    return max(grid, key=lambda t: (accuracy(logits, targets, True, t), -abs(t - 0.5)))
 
 
 def mean_iou(conf: Tensor) -> float:

@@ -18,7 +18,10 @@ outranks a guided one for best.pt.
 
 Evaluation (rank 0):
 - ``val_accuracy``: top-1 accuracy (single-label) or exact match at 0.5 (multi-label);
-  ``val_map``: mean average precision over classes (multi-label).
+  ``val_map``: mean average precision over classes (multi-label);
+  ``val_decision_threshold`` (multi-label): the probability threshold that maximises exact
+  match on this split (:func:`attnguide.engine.metrics.choose_threshold`); the checkpoint's
+  last one is what ``attnguide evaluate --run`` applies to the test split.
 - On images with a mask: Grad-CAM of each ground-truth class
   (``guide.attention(resize=True, normalize=True)``, min-max per map to [0, 1]);
   a pixel is background when every class's attention is below the fixed
@@ -30,7 +33,7 @@ Evaluation (rank 0):
 - When the split has (class, bias attribute) groups (``groups.csv``, or the scenes'
   background / cue column: :mod:`attnguide.data.groups`): ``val_worst_group_accuracy``
   and ``val_mean_group_accuracy`` over the non-empty groups (multi-label: per
-  (image, class) pair, right when the class's sigmoid is >= 0.5).
+  (image, class) pair, right when the class's sigmoid is >= 0.5, or ``threshold``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from attnguide.engine.metrics import (
     CamMIoU,
     WorstGroupAccuracy,
     accuracy,
+    choose_threshold,
     gt_classes,
     mean_average_precision,
     pair_predictions,
@@ -362,16 +366,20 @@ class TensorBoardLog(TensorBoardLogger):
 @torch.no_grad()
 def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_size: int = 32,
              workers: int = 0, cam_threshold: float = 0.15, autocast=contextlib.nullcontext,
-             groups: Groups | str | None = "auto", group_table: bool = False) -> dict[str, Any]:
+             groups: Groups | str | None = "auto", group_table: bool = False,
+             threshold: float = 0.5) -> dict[str, Any]:
     """Classification and attention metrics of ``guide`` on ``dataset`` (see the module doc).
 
     Args:
+        threshold: multi-label decision threshold (a probability) of ``val_accuracy`` and the
+            group metrics; ``val_decision_threshold`` is the one this split would choose.
         groups: the (class, bias) groups of ``dataset``: ``"auto"`` reads them
             (:func:`attnguide.data.groups.dataset_groups`: ``groups.csv``, or the scenes'
             background / cue column), None skips the group metrics.
         group_table: also return ``val_group_accuracy``, {class: {bias: accuracy or None}}.
 
-    Returns a dict with ``val_loss``, ``val_accuracy``, ``val_map`` (multi-label); on images
+    Returns a dict with ``val_loss``, ``val_accuracy``, ``val_map`` and
+    ``val_decision_threshold`` (multi-label); on images
     with masks ``val_cam_miou``, ``val_cam_iou`` (per class, background first),
     ``val_attention_inside``, ``val_attention_area``; with groups
     ``val_worst_group_accuracy``, ``val_mean_group_accuracy`` and ``val_groups`` (how many
@@ -410,10 +418,11 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
     labels = torch.cat(labels_all)
     out: dict[str, Any] = {
         "val_loss": loss_sum / len(logits),
-        "val_accuracy": accuracy(logits, labels, multilabel),
+        "val_accuracy": accuracy(logits, labels, multilabel, threshold),
     }
     if multilabel:
         out["val_map"] = mean_average_precision(logits, labels)
+        out["val_decision_threshold"] = choose_threshold(logits, labels)
     if int(cam.confmat.sum()) > 0:
         out["val_cam_miou"] = float(cam.compute())
         out["val_cam_iou"] = [None if math.isnan(v) else v for v in cam.iou().tolist()]
@@ -426,16 +435,17 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
         scores = torch.empty_like(logits)
         scores[order] = logits
         out.update(group_metrics(scores, groups, n_classes, multilabel,
-                                 dataset.class_names if group_table else None))
+                                 dataset.class_names if group_table else None, threshold))
     return out
 
 
 def group_metrics(scores: Tensor, groups: Groups, num_classes: int, multilabel: bool,
-                  class_names: list[str] | None = None) -> dict[str, Any]:
+                  class_names: list[str] | None = None, threshold: float = 0.5) -> dict[str, Any]:
     """Worst-group and mean per-group accuracy of (N, C) scores over ``groups``' pairs
-    (:class:`attnguide.metrics.WorstGroupAccuracy`); with ``class_names`` also the table."""
+    (:class:`attnguide.metrics.WorstGroupAccuracy`; multi-label at ``threshold``); with
+    ``class_names`` also the table."""
     metric = WorstGroupAccuracy(num_classes, len(groups.bias_names))
-    metric.update(pair_predictions(scores, groups.index, groups.classes, multilabel),
+    metric.update(pair_predictions(scores, groups.index, groups.classes, multilabel, threshold),
                   groups.classes, groups.bias)
     out: dict[str, Any] = {
         "val_worst_group_accuracy": float(metric.compute()),

@@ -3,10 +3,12 @@ studies (Waterbirds: bird type x background; the group robustness literature's h
 numbers, as GroupDRO, JTT and DFR report them).
 
 Multi-label data are scored per (image, class) pair: :func:`pair_predictions` turns scores
-into a predicted class per pair (the pair's class when its sigmoid is >= 0.5, else -1), so a
-pair is right when its class is detected."""
+into a predicted class per pair (the pair's class when its sigmoid is >= the threshold, else -1), so a
+pair is right when its class is detected (at 0.5, or at a decision threshold chosen on val)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -93,14 +95,16 @@ class MeanGroupAccuracy(WorstGroupAccuracy):
         return self.mean_group()
 
 
-def pair_predictions(scores: Tensor, index: Tensor, classes: Tensor, multilabel: bool) -> Tensor:
+def pair_predictions(scores: Tensor, index: Tensor, classes: Tensor, multilabel: bool,
+                     threshold: float = 0.5) -> Tensor:
     """The predicted class of each (image, class) pair, for the group metrics.
 
     Args:
         scores: (N, C) logits of the N images.
         index: (P,) image of each pair. classes: (P,) class of each pair.
         multilabel: sigmoid outputs, scored per pair (the pair's class when its sigmoid is
-            >= 0.5, else -1); single-label: the image's arg-max.
+            >= ``threshold``, else -1); single-label: the image's arg-max.
+        threshold: the multi-label decision threshold (a probability).
 
     Returns:
         (P,) int64 predicted classes, to compare with ``classes``.
@@ -108,5 +112,7 @@ def pair_predictions(scores: Tensor, index: Tensor, classes: Tensor, multilabel:
     index, classes = index.long(), classes.long()
     if not multilabel:
         return scores.argmax(dim=1)[index]
-    hit = scores[index, classes] >= 0  # sigmoid >= 0.5
+    if not 0 < threshold < 1:
+        raise AttnGuideError(f"the decision threshold is a probability in (0, 1), got {threshold}")
+    hit = scores[index, classes] >= math.log(threshold / (1 - threshold))  # sigmoid >= threshold
     return torch.where(hit, classes, torch.full_like(classes, -1))

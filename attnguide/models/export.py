@@ -4,6 +4,7 @@ A folder holds::
 
     config.json         format/version, architecture (timm name), classes, multilabel, layer,
                         guidance and the attention settings, image size, normalisation,
+                        the multi-label decision threshold chosen on val (or null),
                         the run's training options
     model.safetensors   the bare timm model's state dict
     README.md           a model card: data, guidance, metrics from metrics.jsonl, usage
@@ -35,7 +36,8 @@ from attnguide.errors import AttnGuideError
 from attnguide.io.atomic import atomic_write
 from attnguide.io.checkpoints import CLASSIFIER, read_checkpoint, resolve_checkpoint
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "export_model", "is_model_folder", "read_model_folder"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "checkpoint_threshold", "export_model", "is_model_folder",
+           "read_model_folder"]
 
 FOLDER_FORMAT = "attnguide-model"
 FOLDER_VERSION = 1
@@ -45,6 +47,15 @@ CARD_NAME = "README.md"
 PICTURE_NAME = "attention.png"
 GUIDE_KEYS = ("cam", "mask", "threshold", "sharpness", "alpha", "omega", "am_score", "freeze_bn",
               "detach_weights", "fill", "area_weight", "rrr_weight")
+
+
+def checkpoint_threshold(ckpt: dict[str, Any]) -> float | None:
+    """The multi-label decision threshold of a classifier checkpoint: the
+    ``val_decision_threshold`` of the last epoch it has seen (None without a validation split,
+    for single-label runs and for runs older than the key)."""
+    history = ckpt.get("history") or []
+    value = history[-1].get("val_decision_threshold") if history else None
+    return None if value is None else float(value)
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -196,6 +207,7 @@ def export_model(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, *
         "image_size": int(ckpt.get("image_size") or train.get("image_size") or 224),
         "normalize": {"mean": list(norm.get("mean", IMAGENET_MEAN)), "std": list(norm.get("std", IMAGENET_STD))},
         "epoch": ckpt.get("epoch"),
+        "decision_threshold": checkpoint_threshold(ckpt),
         "training": train,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}

@@ -27,7 +27,7 @@ from attnguide.core.guidance import guide_kwargs
 from attnguide.core.guide import GuidedAttention
 from attnguide.io.checkpoints import CLASSIFIER, read_checkpoint, resolve_checkpoint
 from attnguide.models.classifiers import check_model_name
-from attnguide.models.export import is_model_folder, read_model_folder
+from attnguide.models.export import checkpoint_threshold, is_model_folder, read_model_folder
 
 __all__ = ["TrainedModel", "load_model"]
 
@@ -45,6 +45,8 @@ class TrainedModel:
         config: the run's resolved training config (a dict).
         checkpoint: the file read.
         mean, std: input normalisation used in training.
+        decision_threshold: multi-label only, the probability threshold that maximised exact
+            match on the run's validation split at its last epoch (None without one).
     """
 
     model: nn.Module
@@ -56,6 +58,7 @@ class TrainedModel:
     checkpoint: str = ""
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    decision_threshold: float | None = None
 
     @property
     def num_classes(self) -> int:
@@ -115,6 +118,7 @@ def load_model(run_dir_or_checkpoint: str | os.PathLike, device: str | torch.dev
         checkpoint=str(path),
         mean=tuple(norm.get("mean", TrainedModel.mean)),
         std=tuple(norm.get("std", TrainedModel.std)),
+        decision_threshold=checkpoint_threshold(ckpt),
     )
 
 
@@ -140,4 +144,5 @@ def _load_folder(folder: str | os.PathLike, device: str | torch.device) -> Train
         checkpoint=str(folder),
         mean=tuple(norm.get("mean", TrainedModel.mean)),
         std=tuple(norm.get("std", TrainedModel.std)),
+        decision_threshold=config.get("decision_threshold"),
     )

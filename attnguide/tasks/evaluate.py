@@ -126,13 +126,14 @@ def evaluate_predictions(pred: str | os.PathLike, data: str | None = None, split
 
 
 CLASSIFIER_KEYS = ("accuracy", "map", "cam_miou", "attention_inside", "worst_group_accuracy",
-                   "mean_group_accuracy", "groups")
+                   "mean_group_accuracy", "groups", "threshold")
 """What :func:`evaluate_classifier` reports first (the engine's ``val_`` names without it)."""
 
 
 def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: str = "test", *,
                         batch_size: int = 32, device: str = "auto", prefer: str = "best",
-                        cam_threshold: float | None = None, workers: int = 0) -> dict:
+                        cam_threshold: float | None = None, workers: int = 0,
+                        threshold: float | str = "auto") -> dict:
     """The engine's evaluation of a trained classifier on a data set split.
 
     Args:
@@ -140,9 +141,12 @@ def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: 
             folder of ``attnguide train`` / ``export``.
         data: the data set folder. split: the split to score.
         cam_threshold: background score of CAM mIoU (default: the run's ``cam_threshold``).
+        threshold: multi-label decision threshold (a probability) of ``accuracy`` (exact
+            match) and the group metrics; ``"auto"``: the one the run chose on its validation
+            split (:attr:`TrainedModel.decision_threshold`), 0.5 when it has none.
 
     Returns:
-        ``accuracy``, ``map`` (multi-label), ``loss``, on images with masks ``cam_miou``,
+        ``accuracy``, ``map`` and ``threshold`` (multi-label), ``loss``, on images with masks ``cam_miou``,
         ``cam_iou``, ``attention_inside``, ``attention_area``, and with groups
         (``groups.csv``, the scenes' attributes) ``worst_group_accuracy``,
         ``mean_group_accuracy``, ``groups`` and ``group_accuracy`` {class: {bias: acc}};
@@ -156,18 +160,35 @@ def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: 
                       mode="multi" if trained.multilabel else "single")
     check_class_lists(trained.class_names, ds.class_names, f"the model {trained.checkpoint}",
                       f"{ds.root}")
-    threshold = cam_threshold if cam_threshold is not None else float(
-        trained.config.get("cam_threshold", 0.15))
-    if not 0 <= threshold <= 1:
+    cam = cam_threshold if cam_threshold is not None else float(trained.config.get("cam_threshold", 0.15))
+    if not 0 <= cam <= 1:
         raise AttnGuideError(f"--cam-threshold must lie in [0, 1] (maps are min-max normalised), "
-                             f"got {threshold}")
+                             f"got {cam}")
+    decision = decision_threshold(threshold, trained.decision_threshold)
     metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=torch_device,
-                       batch_size=batch_size, workers=workers, cam_threshold=threshold,
-                       group_table=True)
+                       batch_size=batch_size, workers=workers, cam_threshold=cam,
+                       group_table=True, threshold=decision)
+    metrics.pop("val_decision_threshold", None)  # chosen on the split scored: not for a test split
+    if trained.multilabel:
+        metrics["threshold"] = decision
     out = {key[4:] if key.startswith("val_") else key: value for key, value in metrics.items()}
     ordered = {key: out.pop(key) for key in CLASSIFIER_KEYS if key in out}
     return {**ordered, **out, "run": str(run), "checkpoint": trained.checkpoint, "data": str(data),
             "split": split, "images": len(ds)}
+
+
+def decision_threshold(value: float | str, chosen: float | None) -> float:
+    """A multi-label decision threshold from ``--threshold``: ``"auto"`` -> ``chosen`` (the
+    run's, picked on its validation split) or 0.5 without one; else a probability in (0, 1)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0.5 if chosen is None else float(chosen)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AttnGuideError(f"--threshold takes 'auto' or a probability such as 0.5, got {value!r}") from None
+    if not 0 < number < 1:
+        raise AttnGuideError(f"--threshold must lie strictly between 0 and 1 (a sigmoid probability), got {value!r}")
+    return number
 
 
 def _pct(value) -> str:

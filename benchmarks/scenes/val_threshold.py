@@ -4,7 +4,8 @@ Exact match (every class right) at probability 0.5 punishes a model whose scores
 without ranking worse: on the demo's scenes the guided classifiers predict fewer positives
 than there are (issue 16). This script reloads the runs of a `run.py` call (`--out`), picks
 for each run the threshold in 0.05 .. 0.95 that maximises exact match on the unbiased val
-split (ties go to the one nearest 0.5), and prints the test exact match at 0.5 and at that
+split (the engine's `choose_threshold`, what `attnguide evaluate --run` applies from the
+run's last validation; ties go to the one nearest 0.5), and prints the test exact match at 0.5 and at that
 threshold, with the predicted and true positives per test image:
 
     python benchmarks/scenes/val_threshold.py --out runs/demo4 \\
@@ -21,10 +22,8 @@ import torch
 
 from attnguide.core.guide import extract_logits
 from attnguide.data import open_dataset
-from attnguide.engine.metrics import accuracy
+from attnguide.engine.metrics import accuracy, choose_threshold
 from attnguide.models.trained import load_model
-
-THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
 
 
 def scores(model: torch.nn.Module, data: Path, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +47,7 @@ def one(run: Path, data: Path) -> dict:
     model = trained.guide().model.eval()
     val = scores(model, data, "val", trained.image_size)
     test = scores(model, data, "test", trained.image_size)
-    best = max(THRESHOLDS, key=lambda t: (exact(*val, t), -abs(t - 0.5)))
+    best = choose_threshold(*val)
     return {"at_half": exact(*test, 0.5), "threshold": best, "at_val": exact(*test, best),
             "predicted": float((test[0].sigmoid() >= 0.5).sum(dim=1).float().mean()),
             "true": float(test[1].sum(dim=1).mean())}

@@ -40,6 +40,11 @@ def test_pair_predictions_single_and_multi_label():
     assert pair_predictions(scores, index, classes, multilabel=False).tolist() == [0, 0, 1, 1]
     # multi-label: a pair is its class when the class's logit >= 0 (sigmoid >= 0.5), else -1
     assert pair_predictions(scores, index, classes, multilabel=True).tolist() == [0, 2, 1, -1]
+    # at a decision threshold of 0.4 the logit -0.1 (sigmoid 0.475) detects its class
+    assert pair_predictions(scores, index, classes, multilabel=True, threshold=0.4).tolist() == [0, 2, 1, 2]
+    for bad in (0.0, 1.0):
+        with pytest.raises(AttnGuideError, match="probability in"):
+            pair_predictions(scores, index, classes, multilabel=True, threshold=bad)
 
 
 def test_group_metrics_table_by_hand():

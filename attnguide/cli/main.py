@@ -5,6 +5,7 @@ Commands:
     attnguide data scenes OUT [--n-train N ...]
     attnguide data composite OUT --objects DIR --backgrounds DIR [--bias P ...]
     attnguide data box-masks DATA [--split train] [--inner 0.5] [--replace-masks]
+    attnguide data point-masks DATA [--split train] [--radius 0.1] [--reach 0.5] [--replace-masks]
 
 The options of ``train`` (and of ``pseudo-label`` and ``segment``) are generated
 from their options dataclass (:class:`attnguide.engine.TrainConfig`; one option per
@@ -45,7 +46,7 @@ from attnguide.engine.config import TrainConfig, config_from_options
 from attnguide.engine.options import typer_parameters
 from attnguide.engine.progress import Reporter
 from attnguide.errors import AttnGuideError
-from attnguide.tasks.box_masks import make_box_masks
+from attnguide.tasks.annotation_masks import make_box_masks, make_point_masks
 from attnguide.tasks.training import train as run_training
 
 try:  # typer < 0.20 runs on click; newer typer vendors its own copy
@@ -188,9 +189,40 @@ def data_box_masks(
     out = console()
     res = make_box_masks(data, split, inner=inner, crf_params=crf_params, replace_masks=replace_masks,
                          workers=workers, overwrite=overwrite, console=out)
-    parts = [f"split {res.split} written to {res.csv}: {res.written} box masks made",
+    _print_fill(out, res, "box", "boxes")
+
+
+@data_app.command("point-masks")
+@with_config("point-masks")
+def data_point_masks(
+    data: Path = typer.Argument(..., help="folder data set whose CSV has a points column"),
+    split: str = typer.Option("train", help="split whose clicks become masks (its CSV is read, not changed)"),
+    radius: float = typer.Option(0.1, help="radius of the disc around each click seeded as its object, a share of the image's shorter side"),
+    reach: float = typer.Option(0.5, help="how far an object may extend from its click (a share of the shorter side); farther from every click is background (0.1 and 0.5: chosen on real pictures, see RESULTS.md)"),
+    crf_params: str = typer.Option("irn", help="CRF preset irn, psa or deeplab, then overrides: \"irn,gt_prob=0.9\""),
+    replace_masks: bool = typer.Option(False, "--replace-masks", help="also images that have a mask; their masks then score the click masks (mIoU)"),
+    workers: int = typer.Option(0, help="CRF worker processes (0 or 1: in this process)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="make masks made with other options again"),
+) -> None:
+    """Grow each image's clicks into a pixel mask by a dense CRF, into DATA/point_masks/SPLIT/
+    and the split DATA/SPLIT_point_masks.csv, so that the mask terms and --guidance auto's
+    mask defaults train on click-annotated images.
+
+    Example:
+
+      attnguide data point-masks data/birds && attnguide train --data data/birds --train-split train_point_masks --pixel-labels 100%
+    """
+    out = console()
+    res = make_point_masks(data, split, radius=radius, reach=reach, crf_params=crf_params,
+                           replace_masks=replace_masks, workers=workers, overwrite=overwrite, console=out)
+    _print_fill(out, res, "click", "clicks")
+
+
+def _print_fill(out, res, word: str, plural: str) -> None:
+    """The one line box-masks and point-masks print."""
+    parts = [f"split {res.split} written to {res.csv}: {res.written} {word} masks made",
              f"{res.reused} found done", f"{res.kept} images keep their own mask",
-             f"{res.without_boxes} without boxes"]
+             f"{res.without} without {plural}"]
     if res.miou is not None:
         parts.append(f"mIoU against the data set's masks {100 * res.miou:.2f}")
     out.print(", ".join(parts), soft_wrap=True)

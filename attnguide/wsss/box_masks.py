@@ -10,7 +10,7 @@ another class. The assumption is the paper's: the centre of a box lies on its ob
 object with a hole in the middle, a ring, loses that hole's pixels to the object).
 
 Pure numpy; nothing here reads files (``attnguide data box-masks`` does that, in
-:mod:`attnguide.tasks.box_masks`).
+:mod:`attnguide.tasks.annotation_masks`).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results_page.py
 
 from run import hold_folder, pseudo_metrics, summarise, test_metrics, train_command, write_json  # noqa: E402
 
+from attnguide.tasks.annotation_masks import make_box_masks, make_point_masks  # noqa: E402
 from attnguide.tasks.demo import CLASSIFIER as DEMO_CLASSIFIER  # noqa: E402
 from attnguide.tasks.demo import SCENES as DEMO_SCENES  # noqa: E402
 
@@ -82,6 +83,15 @@ ROWS = {
                            "steps_of": "auto10"}),
     "boxmasks100_unbiased": ("boxes, 100 %, filled by the CRF, the mask defaults, trained without the shortcut",
                              {"guidance": "auto", "annotations": "masks", **ALL, "box_masks": "train_unbiased"}),
+    # clicks grown into masks by a dense CRF (`attnguide data point-masks`), then the mask defaults
+    "pointmasks100": ("clicks, 100 %, grown by the CRF (data point-masks), the mask defaults (auto: ext+swap)",
+                      {"guidance": "auto", "annotations": "masks", **ALL, "point_masks": "train"}),
+    "pointmasks100_steps": ("clicks, 100 %, grown by the CRF, the mask defaults, the auto10 row's steps",
+                            {"guidance": "auto", "annotations": "masks", **ALL, "point_masks": "train",
+                             "steps_of": "auto10"}),
+    "pointmasks100_unbiased": ("clicks, 100 %, grown by the CRF, the mask defaults, trained without the shortcut",
+                               {"guidance": "auto", "annotations": "masks", **ALL,
+                                "point_masks": "train_unbiased"}),
     "points10": ("clicks, 10 % (self+point)", {"guidance": "self+point", "annotations": "points", **TEN}),
     "points100": ("clicks, 100 % (self+point)", {"guidance": "self+point", "annotations": "points", **ALL}),
 }
@@ -185,12 +195,12 @@ def main(argv=None) -> None:
                 continue
             run.mkdir(parents=True, exist_ok=True)
             options = {**DEMO_CLASSIFIER, "val_split": "", **ROWS[row][1], **sets}  # no per-epoch val
-            if "box_masks" in options:  # the split's boxes filled by a CRF, scored against its masks
-                from attnguide.tasks.box_masks import make_box_masks
-
-                made = make_box_masks(data, options.pop("box_masks"), replace_masks=True, quiet=True)
-                options["train_split"] = made.split
-                print(f"{made.split}: box masks' mIoU against the true masks {made.miou:.3f}", flush=True)
+            for kind, make in (("box_masks", make_box_masks), ("point_masks", make_point_masks)):
+                if kind in options:  # the split's boxes / clicks filled by a CRF, scored against its masks
+                    made = make(data, options.pop(kind), replace_masks=True, quiet=True)
+                    options["train_split"] = made.split
+                    print(f"{made.split}: {kind.replace('_', ' ')}' mIoU against the true masks {made.miou:.3f}",
+                          flush=True)
             if "steps_of" in options:  # equal compute: the named row's optimizer steps, same seed
                 ref = args.out / f"{options.pop('steps_of')}-s{seed}" / "bench.json"
                 if not ref.exists():
@@ -239,7 +249,8 @@ def main(argv=None) -> None:
     mean = {row: statistics.mean([m["pseudo_miou_crf"] for m in results[row]])
             for row in args.rows if results[row] and results[row][0].get("pseudo_miou_crf") is not None}
     if "masks10" in mean:
-        for row, need in (("boxes100", 0.90), ("boxes100swap", 0.90), ("boxmasks100", 0.90), ("points100", 0.75)):
+        for row, need in (("boxes100", 0.90), ("boxes100swap", 0.90), ("boxmasks100", 0.90), ("points100", 0.75),
+                          ("pointmasks100", 0.75)):
             if row in mean:
                 share = mean[row] / mean["masks10"]
                 goal.append(f"- {row}: CRF pseudo-label mIoU {mean[row]:.3f} = **{share:.0%}** of "
@@ -247,7 +258,8 @@ def main(argv=None) -> None:
                             f"{'met' if share >= need else 'not met'})")
         worst = {row: statistics.mean([m["test_worst_group_accuracy"] for m in results[row]])
                  for row in ("masks10", "auto10", "boxes100", "boxes100swap", "boxes100swap_steps",
-                             "boxes100attswap", "boxes100attswap_steps", "boxmasks100", "boxmasks100_steps", "points100")
+                             "boxes100attswap", "boxes100attswap_steps", "boxmasks100", "boxmasks100_steps", "points100",
+                             "pointmasks100", "pointmasks100_steps")
                  if results.get(row)}
         if len(worst) > 1:
             goal.append("- worst-group accuracy (the shortcut gap closed): " + ", ".join(

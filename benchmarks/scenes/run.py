@@ -542,7 +542,9 @@ def main(argv=None) -> None:
                + "".join(f" --scenes {s}" for s in sorted(args.scenes)))
         section, history = {"demo": ("Scenes at the demo's scale: from attention to segmentation",
                                      "scenes-demo.md"),
-                            "cue": ("Cue decoy: other runs", "scenes-cue.md")}.get(
+                            "cue": ("Cue decoy: other runs", "scenes-cue.md"),
+                            "default": ("Scenes at benchmark scale (96 px, 2,000 images): from attention "
+                                        "to segmentation", "scenes.md")}.get(
                                 preset, ("Scenes: other runs", "scenes.md"))
         record(key, text, section=section, history=history, results=RESULTS)
 

@@ -1,4 +1,5 @@
-"""Boxes filled by a dense CRF: the seeds, the masks, and `attnguide data box-masks`."""
+"""Boxes filled and clicks grown by a dense CRF: the seeds, the masks, and `attnguide data
+box-masks` / `data point-masks`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from attnguide.constants import IGNORE
 from attnguide.data import make_scenes, open_dataset
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import load_label_png
-from attnguide.tasks.box_masks import make_box_masks
+from attnguide.tasks.annotation_masks import make_box_masks, make_point_masks
 from attnguide.wsss.box_masks import box_mask, box_seeds
+from attnguide.wsss.point_masks import point_mask, point_seeds
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -61,6 +63,32 @@ def test_mask_without_boxes_is_background_and_bad_classes_are_named():
         box_mask(_squares(), [(5, 0, 0, 8, 8)], num_classes=2)
     with pytest.raises(AttnGuideError, match="inner must lie in"):
         box_seeds([(0, 0, 0, 8, 8)], (32, 32), inner=0)
+
+
+def test_click_seeds_a_disc_its_class_far_pixels_background_and_between_open():
+    seeds, allowed = point_seeds([(1, 16, 16)], (32, 32), radius=0.1, reach=0.5)
+    # distances from (16, 16) to pixel centres: the disc holds those within 3.2 px, reach 16 px
+    assert seeds[16, 16] == 2 and seeds[16, 18] == 2 and seeds[16, 20] == IGNORE
+    assert seeds[0, 0] == 0 and seeds[16, 31] == IGNORE and seeds[31, 31] == 0
+    assert allowed.shape == (32, 32, 3) and allowed[..., 0].all() and not allowed[..., 1].any()
+    assert allowed[16, 30, 2] and not allowed[0, 0, 2]
+    # overlapping discs: the nearest click's class
+    seeds, _ = point_seeds([(0, 10, 16), (1, 14, 16)], (32, 32), radius=0.2, reach=0.5)
+    assert seeds[15, 9] == 1 and seeds[15, 14] == 2
+
+
+def test_click_mask_grows_each_click_over_its_object():
+    image = _squares()
+    truth = np.zeros((32, 32), np.uint8)
+    truth[4:14, 4:14] = 1
+    truth[18:28, 16:30] = 2
+    mask = point_mask(image, [(0, 9, 9), (1, 23, 23)], num_classes=2, radius=0.1, reach=0.4)
+    assert (mask == truth).mean() > 0.97
+    assert not point_mask(image, [], num_classes=2).any()
+    with pytest.raises(AttnGuideError, match=r"click classes must lie in 0..1, got \[3\]"):
+        point_mask(image, [(3, 9, 9)], num_classes=2)
+    with pytest.raises(AttnGuideError, match="click radius must lie in"):
+        point_seeds([(0, 9, 9)], (32, 32), radius=0.6, reach=0.5)
 
 
 @pytest.fixture()
@@ -131,3 +159,23 @@ def test_cli_one_line_result_and_one_line_error(scenes, capsys):
     assert main(["data", "box-masks", str(scenes), "--inner", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --inner must lie in (0, 1]") and "\n" not in err
+
+
+def test_point_masks_task_and_cli(scenes, tmp_path, capsys):
+    res = make_point_masks(scenes, "train", replace_masks=True, quiet=True)
+    assert (res.split, res.written, res.without) == ("train_point_masks", 12, 0)
+    assert res.miou > 0.8  # the scenes' objects stand out from their backgrounds
+    ds = open_dataset(scenes, "train_point_masks", train=False)
+    assert all("point_masks" in s.mask_path.parts for s in ds.samples)
+    again = make_point_masks(scenes, "train", replace_masks=True, quiet=True)
+    assert (again.written, again.reused) == (0, 12)
+    with pytest.raises(AttnGuideError, match=r"other options \(reach\); pass --overwrite"):
+        make_point_masks(scenes, "train", replace_masks=True, reach=0.3, quiet=True)
+    with pytest.raises(AttnGuideError, match="0 < radius < reach"):
+        make_point_masks(scenes, "train", radius=0.5, reach=0.4)
+    assert main(["data", "point-masks", str(scenes), "--replace-masks", "--split", "test"]) == 0
+    out = capsys.readouterr()
+    assert "split test_point_masks written" in out.out + out.err and "click masks made" in out.out + out.err
+    assert main(["data", "point-masks", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not a folder data set" in err and "\n" not in err

@@ -26,7 +26,7 @@ from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
 from attnguide.wsss.crf import CRFParams, crf_from_labels
 
-__all__ = ["box_seeds", "box_mask", "box_mask_job"]
+__all__ = ["box_seeds", "box_mask", "box_mask_job", "check_classes", "seeded_crf"]
 
 
 def box_seeds(boxes: Sequence[Sequence[float]], size: tuple[int, int], inner: float = 0.7,
@@ -86,18 +86,31 @@ def box_mask(image: np.ndarray, boxes: Sequence[Sequence[float]], num_classes: i
         [0, 0, 1, 1, 1, 1, 0, 0]
     """
     height, width = image.shape[:2]
-    if any(not 0 <= int(b[0]) < num_classes for b in boxes):
-        raise AttnGuideError(f"box classes must lie in 0..{num_classes - 1}, got "
-                             f"{sorted({int(b[0]) for b in boxes})}")
+    check_classes(boxes, num_classes, "box")
     if not boxes:
         return np.zeros((height, width), np.uint8)
     seeds, allowed, owner = box_seeds(boxes, (height, width), inner)
-    labels = crf_from_labels(image, seeds, num_classes + 1, params or CRFParams())
     # a label the pixel's boxes do not allow: the class of the smallest box that holds it
+    return seeded_crf(image, seeds, allowed, num_classes, params, fallback=owner)
+
+
+def check_classes(annotations: Sequence[Sequence[float]], num_classes: int, word: str) -> None:
+    """Refuse ``(class, ...)`` annotations whose 0-based class is not below ``num_classes``."""
+    if any(not 0 <= int(a[0]) < num_classes for a in annotations):
+        raise AttnGuideError(f"{word} classes must lie in 0..{num_classes - 1}, got "
+                             f"{sorted({int(a[0]) for a in annotations})}")
+
+
+def seeded_crf(image: np.ndarray, seeds: np.ndarray, allowed: np.ndarray, num_classes: int,
+               params: CRFParams | None, fallback: np.ndarray | int) -> np.ndarray:
+    """The dense CRF's labels from ``seeds`` (255 open), where a pixel's ``allowed`` (H, W, L)
+    excludes the CRF's label replaced by ``fallback`` (a label map or one label)."""
+    height, width = seeds.shape
+    labels = crf_from_labels(image, seeds, num_classes + 1, params or CRFParams())
     padded = np.zeros((height, width, num_classes + 1), bool)
     padded[..., :allowed.shape[-1]] = allowed
     ok = np.take_along_axis(padded, labels[..., None].astype(np.int64), axis=-1)[..., 0]
-    return np.where(ok, labels, owner).astype(np.uint8)
+    return np.where(ok, labels, fallback).astype(np.uint8)
 
 
 def box_mask_job(image_path: str, boxes: Sequence[Sequence[float]], num_classes: int, inner: float,

@@ -24,7 +24,8 @@ from attnguide.constants import IGNORE
 from attnguide.data.io import read_rgb
 from attnguide.errors import AttnGuideError
 from attnguide.io.labels import save_label_png
-from attnguide.wsss.crf import CRFParams, crf_from_labels
+from attnguide.wsss.box_masks import check_classes, seeded_crf
+from attnguide.wsss.crf import CRFParams
 
 __all__ = ["point_mask", "point_mask_job", "point_seeds"]
 
@@ -90,17 +91,11 @@ def point_mask(image: np.ndarray, points: Sequence[Sequence[float]], num_classes
         [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
     """
     height, width = image.shape[:2]
-    if any(not 0 <= int(p[0]) < num_classes for p in points):
-        raise AttnGuideError(f"click classes must lie in 0..{num_classes - 1}, got "
-                             f"{sorted({int(p[0]) for p in points})}")
+    check_classes(points, num_classes, "click")
     if not points:
         return np.zeros((height, width), np.uint8)
     seeds, allowed = point_seeds(points, (height, width), radius, reach)
-    labels = crf_from_labels(image, seeds, num_classes + 1, params or CRFParams())
-    padded = np.zeros((height, width, num_classes + 1), bool)
-    padded[..., :allowed.shape[-1]] = allowed
-    ok = np.take_along_axis(padded, labels[..., None].astype(np.int64), axis=-1)[..., 0]
-    return np.where(ok, labels, 0).astype(np.uint8)  # a class beyond its clicks' reach: background
+    return seeded_crf(image, seeds, allowed, num_classes, params, fallback=0)  # beyond reach: background
 
 
 def point_mask_job(image_path: str, points: Sequence[Sequence[float]], num_classes: int, radius: float,

@@ -206,9 +206,13 @@ def parse_sets(items: list[str]) -> dict[str, str | bool]:
     return out
 
 
-def train_command(data: Path, run: Path, options: dict, seed: int, device: str) -> list[str]:
+def train_command(data: Path, run: Path, options: dict, seed: int, device: str,
+                  resume: bool = False) -> list[str]:
+    """``attnguide train`` of a row; ``resume``: go on from the run's own ``last.pt`` (a killed
+    call's training, bit-exact on CPU) instead of starting it over."""
     cmd = [sys.executable, "-m", "attnguide", "train", "--data", str(data), "--out", str(run),
-           "--seed", str(seed), "--device", device, "--quiet", "--overwrite"]
+           "--seed", str(seed), "--device", device, "--quiet"]
+    cmd += ["--resume", str(run / "last.pt")] if resume else ["--overwrite"]
     for key, value in options.items():
         flag = key.replace("_", "-")
         if isinstance(value, bool):  # typer flags: --detach-weights / --no-detach-weights
@@ -447,8 +451,9 @@ def main(argv=None) -> None:
             done_file.unlink(missing_ok=True)
             run.mkdir(parents=True, exist_ok=True)
             options = {k: v for k, v in {**common, **ROWS[row][1]}.items() if k != "steps_of"}
-            cmd = train_command(data, run, {**options, **steps_of(row, seed)}, seed, args.device)
-            with (run / "train.log").open("w") as log:
+            resume = not args.rerun and (run / "last.pt").is_file()  # a killed call's training goes on
+            cmd = train_command(data, run, {**options, **steps_of(row, seed)}, seed, args.device, resume)
+            with (run / "train.log").open("a" if resume else "w") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
                     raise SystemExit(f"training {row} seed {seed} failed; see {run}/train.log")
             trained = True

@@ -103,3 +103,16 @@ def test_a_second_call_on_the_same_out_folder_is_refused(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # the lock adds no file to the folder
     os.close(held)  # released: a later call may use the folder
     os.close(bench.hold_folder(tmp_path / "out"))
+
+
+def test_a_killed_calls_training_resumes_from_its_last_checkpoint(tmp_path):
+    """A run with last.pt and no test_metrics.json (the call was killed) goes on from last.pt:
+    a finished training is not redone (its epochs' records, times included, stay as they were)."""
+    out = tmp_path / "bench"
+    _run(out, "--rows", "baseline")
+    run = out / "baseline-s0"
+    records = (run / "metrics.jsonl").read_text()
+    (run / "test_metrics.json").unlink()
+    _run(out, "--rows", "baseline")
+    assert (run / "metrics.jsonl").read_text() == records  # a new training would have new times
+    assert (run / "test_metrics.json").is_file()

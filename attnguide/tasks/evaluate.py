@@ -126,7 +126,7 @@ def evaluate_predictions(pred: str | os.PathLike, data: str | None = None, split
 
 
 CLASSIFIER_KEYS = ("accuracy", "map", "cam_miou", "attention_inside", "worst_group_accuracy",
-                   "mean_group_accuracy", "groups", "threshold")
+                   "mean_group_accuracy", "groups", "decision_threshold")
 """What :func:`evaluate_classifier` reports first (the engine's ``val_`` names without it)."""
 
 
@@ -146,7 +146,7 @@ def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: 
             split (:attr:`TrainedModel.decision_threshold`), 0.5 when it has none.
 
     Returns:
-        ``accuracy``, ``map`` and ``threshold`` (multi-label), ``loss``, on images with masks ``cam_miou``,
+        ``accuracy``, ``map`` and ``decision_threshold`` (multi-label), ``loss``, on images with masks ``cam_miou``,
         ``cam_iou``, ``attention_inside``, ``attention_area``, and with groups
         (``groups.csv``, the scenes' attributes) ``worst_group_accuracy``,
         ``mean_group_accuracy``, ``groups`` and ``group_accuracy`` {class: {bias: acc}};
@@ -168,9 +168,9 @@ def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: 
     metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=torch_device,
                        batch_size=batch_size, workers=workers, cam_threshold=cam,
                        group_table=True, threshold=decision)
-    metrics.pop("val_decision_threshold", None)  # chosen on the split scored: not for a test split
+    metrics.pop("val_decision_threshold", None)  # the one the scored split would choose: not reported
     if trained.multilabel:
-        metrics["threshold"] = decision
+        metrics["decision_threshold"] = decision
     out = {key[4:] if key.startswith("val_") else key: value for key, value in metrics.items()}
     ordered = {key: out.pop(key) for key in CLASSIFIER_KEYS if key in out}
     return {**ordered, **out, "run": str(run), "checkpoint": trained.checkpoint, "data": str(data),

@@ -83,10 +83,10 @@ def test_evaluate_applies_the_runs_threshold(multilabel_run, tmp_path, capsys):
     data, run = multilabel_run
     chosen = load_model(run).decision_threshold
     auto = evaluate_classifier(run, data, "test", device="cpu")
-    assert auto["threshold"] == chosen and "decision_threshold" not in auto
+    assert auto["decision_threshold"] == chosen
     assert auto["accuracy"] == pytest.approx(_exact(run, data, "test", chosen))
     half = evaluate_classifier(run, data, "test", device="cpu", threshold=0.5)
-    assert half["threshold"] == 0.5
+    assert half["decision_threshold"] == 0.5
     assert half["accuracy"] == pytest.approx(_exact(run, data, "test", 0.5))
     assert half["map"] == auto["map"]  # the ranking does not depend on the threshold
     low = evaluate_classifier(run, data, "test", device="cpu", threshold=0.05)
@@ -94,7 +94,7 @@ def test_evaluate_applies_the_runs_threshold(multilabel_run, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--split", "test", "--device", "cpu",
                  "--threshold", "0.05", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["threshold"] == 0.05
+    assert json.loads(out.read_text())["decision_threshold"] == 0.05
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--threshold", "2"]) == 2
     assert "strictly between 0 and 1" in capsys.readouterr().err

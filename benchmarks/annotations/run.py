@@ -288,9 +288,8 @@ def main(argv=None) -> None:
     if args.write:
         from results_page import record
 
-        key = (f"annotations/run.py: {' '.join(args.rows)} seeds {' '.join(map(str, args.seeds))}"
-               f" n_train {args.n_train}")
-        key += f" data {args.data.as_posix()}" if args.data else ""
+        key = f"annotations/run.py: {' '.join(args.rows)} seeds {' '.join(map(str, args.seeds))}"
+        key += f" data {args.data.as_posix()}" if args.data else f" n_train {args.n_train}"  # --data: its own size
         record(key, text, section=section, history="annotations.md", results=RESULTS)
 
 

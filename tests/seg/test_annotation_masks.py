@@ -167,6 +167,11 @@ def test_point_masks_task_and_cli(scenes, tmp_path, capsys):
     assert res.miou > 0.8  # the scenes' objects stand out from their backgrounds
     ds = open_dataset(scenes, "train_point_masks", train=False)
     assert all("point_masks" in s.mask_path.parts for s in ds.samples)
+    # the masks' folder is a labels folder `segment --labels` reads, one file per image
+    from attnguide.data.segmentation import SegmentationSet
+
+    seg = SegmentationSet(open_dataset(scenes, "train", train=False), scenes / "point_masks" / "train", 32, (1.0, 1.0))
+    assert len(seg) == 12 and seg[0]["label"].shape == (32, 32)
     again = make_point_masks(scenes, "train", replace_masks=True, quiet=True)
     assert (again.written, again.reused) == (0, 12)
     with pytest.raises(AttnGuideError, match=r"other options \(reach\); pass --overwrite"):

@@ -355,7 +355,8 @@ class Trainer(Loop):
         return evaluate(self.guide, dataset if dataset is not None else self.val_ds,
                         multilabel=self.multilabel, device=self.device,
                         batch_size=batch_size or self.cfg.batch_size, workers=self.cfg.workers,
-                        cam_threshold=self.cfg.cam_threshold, autocast=self.autocast)
+                        cam_threshold=self.cfg.cam_threshold, autocast=self.autocast,
+                        report_threshold=True)
 
 
 class TensorBoardLog(TensorBoardLogger):
@@ -367,19 +368,22 @@ class TensorBoardLog(TensorBoardLogger):
 def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_size: int = 32,
              workers: int = 0, cam_threshold: float = 0.15, autocast=contextlib.nullcontext,
              groups: Groups | str | None = "auto", group_table: bool = False,
-             threshold: float = 0.5) -> dict[str, Any]:
+             threshold: float = 0.5, report_threshold: bool = False) -> dict[str, Any]:
     """Classification and attention metrics of ``guide`` on ``dataset`` (see the module doc).
 
     Args:
         threshold: multi-label decision threshold (a probability) of ``val_accuracy`` and the
-            group metrics; ``val_decision_threshold`` is the one this split would choose.
+            group metrics.
+        report_threshold: multi-label, also return ``val_decision_threshold``, the threshold
+            this split would choose (the training loop's validation; a test split's own
+            choice is no score).
         groups: the (class, bias) groups of ``dataset``: ``"auto"`` reads them
             (:func:`attnguide.data.groups.dataset_groups`: ``groups.csv``, or the scenes'
             background / cue column), None skips the group metrics.
         group_table: also return ``val_group_accuracy``, {class: {bias: accuracy or None}}.
 
-    Returns a dict with ``val_loss``, ``val_accuracy``, ``val_map`` and
-    ``val_decision_threshold`` (multi-label); on images
+    Returns a dict with ``val_loss``, ``val_accuracy``, ``val_map`` (multi-label) and
+    ``val_decision_threshold`` (multi-label, ``report_threshold``); on images
     with masks ``val_cam_miou``, ``val_cam_iou`` (per class, background first),
     ``val_attention_inside``, ``val_attention_area``; with groups
     ``val_worst_group_accuracy``, ``val_mean_group_accuracy`` and ``val_groups`` (how many
@@ -422,7 +426,8 @@ def evaluate(guide, dataset, *, multilabel: bool, device: torch.device, batch_si
     }
     if multilabel:
         out["val_map"] = mean_average_precision(logits, labels)
-        out["val_decision_threshold"] = choose_threshold(logits, labels)
+        if report_threshold:
+            out["val_decision_threshold"] = choose_threshold(logits, labels)
     if int(cam.confmat.sum()) > 0:
         out["val_cam_miou"] = float(cam.compute())
         out["val_cam_iou"] = [None if math.isnan(v) else v for v in cam.iou().tolist()]

@@ -154,7 +154,6 @@ def _test_metrics(run: Path, data: Path) -> dict[str, Any]:
     trained = load_model(run / "last.pt")
     ds = open_dataset(data, split="test", image_size=trained.image_size, train=False)
     metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=torch.device("cpu"))
-    metrics.pop("val_decision_threshold", None)  # chosen on the test split itself: not reported
     out = {k.replace("val_", "test_"): v for k, v in metrics.items()}
     if trained.multilabel:
         chosen = decision_threshold("auto", trained.decision_threshold)

@@ -168,7 +168,6 @@ def evaluate_classifier(run: str | os.PathLike, data: str | os.PathLike, split: 
     metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=torch_device,
                        batch_size=batch_size, workers=workers, cam_threshold=cam,
                        group_table=True, threshold=decision)
-    metrics.pop("val_decision_threshold", None)  # the one the scored split would choose: not reported
     if trained.multilabel:
         metrics["decision_threshold"] = decision
     out = {key[4:] if key.startswith("val_") else key: value for key, value in metrics.items()}

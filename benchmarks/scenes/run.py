@@ -235,7 +235,6 @@ def test_metrics(run: Path, data: Path, device: str) -> dict:
     trained.model.to(dev)
     ds = open_dataset(data, split="test", image_size=trained.image_size, train=False)
     metrics = evaluate(trained.guide(), ds, multilabel=trained.multilabel, device=dev)
-    metrics.pop("val_decision_threshold", None)  # chosen on the test split itself: not reported
     return {k.replace("val_", "test_"): v for k, v in metrics.items()}
 
 

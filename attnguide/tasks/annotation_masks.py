@@ -63,10 +63,6 @@ class MaskFillResult:
     miou: float | None = None
 
 
-BoxMaskResult = MaskFillResult
-"""The name of :class:`MaskFillResult` before clicks joined."""
-
-
 def make_box_masks(data: str | Path, split: str = "train", *, inner: float = 0.7,
                    crf_params: str = "irn", replace_masks: bool = False, workers: int = 0,
                    overwrite: bool = False, quiet: bool = False, console=None) -> MaskFillResult:
@@ -74,7 +70,7 @@ def make_box_masks(data: str | Path, split: str = "train", *, inner: float = 0.7
     (see the module doc); ``inner``: :func:`attnguide.wsss.box_masks.box_seeds`'."""
     if not 0.0 < inner <= 1.0:
         raise AttnGuideError(f"--inner must lie in (0, 1], got {inner}")
-    return _fill("boxes", box_mask_job, (inner,), {"inner": inner}, data, split, crf_params=crf_params,
+    return _fill("boxes", box_mask_job, {"inner": inner}, data, split, crf_params=crf_params,
                  replace_masks=replace_masks, workers=workers, overwrite=overwrite, quiet=quiet, console=console)
 
 
@@ -87,15 +83,16 @@ def make_point_masks(data: str | Path, split: str = "train", *, radius: float = 
     if not 0.0 < radius < reach <= 2.0:
         raise AttnGuideError(f"--radius and --reach must satisfy 0 < radius < reach <= 2 (shares of the "
                              f"image's shorter side), got {radius} and {reach}")
-    return _fill("points", point_mask_job, (radius, reach), {"radius": radius, "reach": reach}, data, split,
+    return _fill("points", point_mask_job, {"radius": radius, "reach": reach}, data, split,
                  crf_params=crf_params, replace_masks=replace_masks, workers=workers, overwrite=overwrite,
                  quiet=quiet, console=console)
 
 
-def _fill(kind: str, job, options: tuple, option_settings: dict, data: str | Path, split: str, *,
+def _fill(kind: str, job, options: dict, data: str | Path, split: str, *,
           crf_params: str, replace_masks: bool, workers: int, overwrite: bool, quiet: bool,
           console) -> MaskFillResult:
-    """One CRF ``job`` per image of ``split`` with ``kind`` annotations (``boxes``/``points``)."""
+    """One CRF ``job`` per image of ``split`` with ``kind`` annotations (``boxes``/``points``);
+    ``options``: the kind's settings, in the order ``job`` takes them after the class count."""
     folder_name, word, syntax = KINDS[kind]
     command = folder_name.replace("_", "-")
     root = Path(data)
@@ -112,7 +109,7 @@ def _fill(kind: str, job, options: tuple, option_settings: dict, data: str | Pat
         raise AttnGuideError(f"no image of {root / (split + '.csv')} has a {word}; add the column {kind} "
                              f"({syntax})")
     folder = root / folder_name / split
-    settings = {"split": split, **option_settings, "crf_params": asdict(params), "replace_masks": replace_masks}
+    settings = {"split": split, **options, "crf_params": asdict(params), "replace_masks": replace_masks}
     _prepare(folder, settings, overwrite)
     console = console or make_console()
     out_split = f"{split}_{folder_name}"
@@ -137,7 +134,8 @@ def _fill(kind: str, job, options: tuple, option_settings: dict, data: str | Pat
             if truth is not None:
                 scores.update(load_label_png(path), truth)
             continue
-        jobs.append((str(sample.image_path), annotations, len(ds.class_names), *options, params, str(path)))
+        jobs.append((str(sample.image_path), annotations, len(ds.class_names), *options.values(), params,
+                     str(path)))
         truths.append(truth)
     chunk = max(16, 8 * workers)
     with CRFPool(workers) as pool, progress_bar(len(jobs), f"{word} masks", console, quiet) as advance:
